@@ -1,0 +1,374 @@
+import CWorkerSupport
+import Synchronization
+import Testing
+import UVConcurrency
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension UVConcurrencyTests {
+    @Suite("Processes")
+    struct ProcessTests {
+        static func shell(_ script: String, detached: Bool = false) -> UVSpawnOptions {
+            UVSpawnOptions(executable: "/bin/sh", arguments: ["-c", script], detached: detached)
+        }
+
+        @Test("exit statuses: /bin/true, exit 1, exit 42, killed by SIGKILL")
+        func exitStatuses() async throws {
+            try await withLoop { loop async throws in
+                #expect(try await run(loop, UVSpawnOptions(executable: "/bin/true")) == .exited(0))
+                #expect(try await run(loop, Self.shell("exit 1")) == .exited(1))
+                #expect(try await run(loop, Self.shell("exit 42")) == .exited(42))
+                #expect(try await run(loop, Self.shell("kill -9 $$")) == .signaled(.kill))
+            }
+        }
+
+        @Test("the pid is known synchronously and the exit reaches onExit before waiters")
+        func pidAndOnExit() async throws {
+            try await withLoop { loop async throws in
+                let order = Collector<String>()
+                let process = try await loop.submit {
+                    try loop.spawn(Self.shell("exit 7")) { status in order.append("onExit \(status)") }
+                }
+                #expect(process.pid > 0)
+                let status = try await process.waitForExit()
+                order.append("waiter \(status)")
+                #expect(order.all == ["onExit exited with code 7", "waiter exited with code 7"])
+                #expect(try await loop.submit { process.exitStatus } == .exited(7))
+            }
+        }
+
+        @Test("a missing executable is a synchronous ENOENT error, and nothing stays open")
+        func missingExecutable() async throws {
+            try await withLoop { loop async throws in
+                let error = try await loop.submit { () -> UVError? in
+                    do throws(UVError) {
+                        try loop.spawn(UVSpawnOptions(executable: "/no/such/worker"))
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+                #expect(error?.code == .spawnFailed)
+                #expect(error?.errno == ENOENT)
+                #expect(error?.errnoName == "ENOENT")
+                #expect(error?.description.contains("/no/such/worker") == true)
+                #expect(try await openHandles(loop) == 0)
+            }
+        }
+
+        @Test("a file that is not executable is a synchronous EACCES error")
+        func notExecutable() async throws {
+            // mkstemp makes a file with mode 0600: not executable, even for root.
+            var template = Array("/tmp/not-executable-XXXXXX".utf8CString)
+            let fd = mkstemp(&template)
+            try #require(fd >= 0)
+            let path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            defer {
+                close(fd)
+                unlink(path)
+            }
+            try await withLoop { loop async throws in
+                await #expect(throws: UVError(.spawnFailed, errno: EACCES, context: "spawning '\(path)'")) {
+                    _ = try await loop.spawnProcess(UVSpawnOptions(executable: path))
+                }
+            }
+        }
+
+        @Test("malformed options are rejected before spawning, naming the value")
+        func malformedOptions() async throws {
+            try await withLoop { loop async throws in
+                for options in [
+                    UVSpawnOptions(executable: ""),
+                    UVSpawnOptions(executable: "/bin/true", descriptors: [-1: 0]),
+                    UVSpawnOptions(executable: "/bin/true", environment: ["A=B": "c"]),
+                    UVSpawnOptions(executable: "/bin/true", arguments: ["a\u{0}b"]),
+                ] {
+                    do throws(UVError) {
+                        _ = try await loop.spawnProcess(options)
+                        Issue.record("spawned \(options)")
+                    } catch {
+                        #expect(error.code == .invalidArgument)
+                    }
+                }
+            }
+        }
+
+        @Test("1,000 spawns leave no zombie and no open handle")
+        func thousandSpawnsNoZombies() async throws {
+            try await withLoop { loop async throws in
+                var pids: [pid_t] = []
+                for _ in 0..<10 {
+                    let processes = try await loop.submit {
+                        try (0..<100).map { _ in try loop.spawn(UVSpawnOptions(executable: "/bin/true")) }
+                    }
+                    for process in processes {
+                        #expect(try await process.waitForExit() == .exited(0))
+                        pids.append(process.pid)
+                    }
+                }
+                #expect(pids.count == 1000)
+                #expect(zombieChildren(among: pids).isEmpty)
+                #expect(try await openHandles(loop) == 0)
+            }
+        }
+
+        @Test("a group signal reaches a grandchild")
+        func groupSignalReachesGrandchild() async throws {
+            try await withLoop { loop async throws in
+                let output = try UVPipePair()
+                let lines = Collector<String>()
+                var options = Self.shell("sleep 1000 & echo started; wait", detached: true)
+                options.descriptors = [1: output.writeEnd, 2: 2]
+                let spawnOptions = options
+                let ended: UVLineReader.EndReason = try await withCheckedThrowingContinuation { ended in
+                    loop.execute {
+                        do {
+                            let shell = try loop.spawn(spawnOptions)
+                            _ = cws_close(output.writeEnd)
+                            _ = try loop.readLines(from: output.readEnd) { line in
+                                lines.append(line)
+                                // The grandchild exists (it holds the pipe too): signal the whole group.
+                                _ = try? shell.signalGroup(.terminate)
+                            } onEnd: { reason in
+                                ended.resume(returning: reason)
+                            }
+                        } catch {
+                            ended.resume(throwing: error)
+                        }
+                    }
+                }
+                // End of file means every holder of the write end died, the grandchild `sleep` included.
+                #expect(lines.all == ["started"])
+                #expect(ended == .endOfFile)
+            }
+        }
+
+        @Test("signalGroup on a child that is not detached is refused")
+        func groupSignalNeedsDetached() async throws {
+            try await withLoop { loop async throws in
+                let process = try await loop.spawnProcess(Self.shell("exec sleep 1000"))
+                let error = try await loop.submit { () -> UVError? in
+                    do throws(UVError) {
+                        try process.signalGroup(.terminate)
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+                #expect(error?.code == .invalidArgument)
+                #expect(try await loop.submit { try process.signal(.terminate) })
+                #expect(try await process.waitForExit() == .signaled(.terminate))
+                // After the reap, nothing is sent (the pid may be reused).
+                #expect(try await loop.submit { try process.signal(.terminate) } == false)
+            }
+        }
+
+        @Test("detached children get a session of their own; environment and working directory are applied")
+        func detachedEnvironmentAndDirectory() async throws {
+            try await withLoop { loop async throws in
+                let output = try UVPipePair()
+                var options = Self.shell(#"echo "$(ps -o sid= -p $$ | tr -d ' ') $$ $GREETING $(pwd)""#, detached: true)
+                options.environment = ["GREETING": "hello", "PATH": "/usr/bin:/bin"]
+                options.workingDirectory = "/tmp"
+                options.descriptors = [1: output.writeEnd, 2: 2]
+                let line = try await readFirstLine(loop, output, options)
+                let fields = line.split(separator: " ")
+                #expect(fields.count == 4)
+                #expect(fields.count == 4 && fields[0] == fields[1])  // session id == its own pid
+                #expect(fields.count == 4 && fields[2] == "hello" && fields[3] == "/tmp")
+            }
+        }
+
+        @Test("a child gets the descriptors it was given and none of this package's")
+        func childGetsExactlyItsDescriptors() async throws {
+            try await withLoop { loop async throws in
+                let output = try UVPipePair()
+                let extra = try UVPipePair()
+                defer { extra.close() }
+                // Descriptors of ours that must not leak: the loop's own, plus these pipes' other ends. Descriptors
+                // that other code in this process (the test runner) left inheritable are inherited by design
+                // (libuv cannot close them), so they are subtracted.
+                let inheritableBefore = inheritableDescriptors()
+                var options = Self.shell("ls -1 /proc/$$/fd | tr '\\n' ' '")
+                options.descriptors = [1: output.writeEnd, 2: 2, 5: extra.writeEnd]
+                let line = try await readFirstLine(loop, output, options)
+                let descriptors = Set(line.split(separator: " ").compactMap { Int32($0) })
+                #expect(descriptors.isSuperset(of: [0, 1, 2, 5]))
+                #expect(descriptors.subtracting(inheritableBefore).subtracting([0, 1, 2, 5]).isEmpty)
+                #expect(!descriptors.contains(output.readEnd))
+                #expect(!descriptors.contains(extra.readEnd))
+                #expect(inheritableBefore.intersection([output.readEnd, output.writeEnd, extra.readEnd, extra.writeEnd]).isEmpty)
+                #expect(cws_is_cloexec(extra.writeEnd) == 1)
+                #expect(cws_is_cloexec(extra.readEnd) == 1)
+            }
+        }
+
+        @Test("cancelling tasks that await exits resumes each exactly once and leaks nothing", arguments: [300])
+        func cancellationRacesExits(iterations: Int) async throws {
+            try await withLoop { loop async throws in
+                var cancelled = 0
+                var completed = 0
+                weak var lastProcess: UVChildProcess?
+                for iteration in 0..<iterations {
+                    let process = try await loop.spawnProcess(UVSpawnOptions(executable: "/bin/true"))
+                    lastProcess = process
+                    let resumes = Atomic<Int>(0)
+                    let waiter = Task {
+                        defer { resumes.add(1, ordering: .relaxed) }
+                        return try await process.waitForExit()
+                    }
+                    // Vary where the cancellation lands relative to the exit.
+                    if iteration % 3 == 0 { await Task.yield() }
+                    if iteration % 3 != 2 { waiter.cancel() }
+                    switch await waiter.result {
+                    case .success(let status):
+                        #expect(status == .exited(0))
+                        completed += 1
+                    case .failure(let error):
+                        #expect(error is CancellationError)
+                        cancelled += 1
+                    }
+                    #expect(resumes.load(ordering: .relaxed) == 1)
+                    #expect(try await process.waitForExit() == .exited(0))
+                }
+                #expect(cancelled + completed == iterations)
+                #expect(cancelled > 0)
+                #expect(try await openHandles(loop) == 0)
+                // The loop released the last process once it was reaped and every waiter was resumed.
+                #expect(lastProcess == nil)
+            }
+        }
+
+        @Test("shutdown with live handles returns promptly and cleanly")
+        func shutdownWithLiveHandles() async throws {
+            let loop = try UVEventLoop(name: "busy-loop")
+            let output = try UVPipePair()
+            let quiet = try UVPipePair()  // its write end stays open here: only shutdown can end its reader
+            defer { _ = cws_close(quiet.writeEnd) }
+            let fired = Collector<String>()
+            let exits = Collector<UVExitStatus>()
+            let readerEnds = Collector<UVLineReader.EndReason>()
+            var options = Self.shell("sleep 1000 & exec sleep 1000", detached: true)
+            options.descriptors = [1: output.writeEnd, 2: 2]
+            let spawnOptions = options
+            let child = try await loop.submit {
+                try loop.scheduleTimer(after: .seconds(3600)) { fired.append("timer") }
+                _ = try loop.watchSignal(.user2) { fired.append("signal") }
+                _ = try loop.readLines(from: quiet.readEnd, onLine: { _ in }, onEnd: { readerEnds.append($0) })
+                return try loop.spawn(spawnOptions) { exits.append($0) }
+            }
+            output.close()
+            let signals = try await loop.signals(.user2)
+            #expect(try await openHandles(loop) == 5)
+
+            let start = ContinuousClock.now
+            try await loop.shutdown()
+            #expect(ContinuousClock.now - start < .seconds(5))
+            #expect(fired.all.isEmpty)
+            #expect(exits.all == [.signaled(.kill)])
+            #expect(readerEnds.all == [.closed])
+            #expect(try await child.waitForExit() == .signaled(.kill))
+            var iterator = signals.makeAsyncIterator()
+            #expect(await iterator.next() == nil)
+            #expect(zombieChildren(among: [child.pid]).isEmpty)
+        }
+
+        @Test("work enqueued after shutdown runs once, in order, isolated; libuv calls fail with loopStopped")
+        func workAfterShutdown() async throws {
+            let loop = try UVEventLoop(name: "stopped-loop")
+            let actor = LoopActor(loop: loop)
+            try await loop.shutdown()
+            try await loop.shutdown()  // idempotent
+
+            for value in 0..<100 { await actor.record(value) }
+            #expect(await actor.log == Array(0..<100))
+            #expect(await actor.isOnLoopThread())
+            let error = try await loop.submit { () -> UVError? in
+                do throws(UVError) {
+                    try loop.scheduleTimer(after: .zero) {}
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            #expect(error?.code == .loopStopped)
+            await #expect(throws: UVError.self) {
+                _ = try await loop.spawnProcess(UVSpawnOptions(executable: "/bin/true"))
+            }
+        }
+
+        @Test("an exit is reported while the loop is busy with other jobs")
+        func readLinesAndEndOfFile() async throws {
+            try await withLoop { loop async throws in
+                let output = try UVPipePair()
+                var options = Self.shell("printf 'one\\ntwo\\r\\nthree'")
+                options.descriptors = [1: output.writeEnd, 2: 2]
+                let lines = Collector<String>()
+                let spawnOptions = options
+                let ended: UVLineReader.EndReason = try await withCheckedThrowingContinuation { ended in
+                    loop.execute {
+                        do {
+                            try loop.spawn(spawnOptions)
+                            _ = cws_close(output.writeEnd)
+                            _ = try loop.readLines(from: output.readEnd) { lines.append($0) } onEnd: {
+                                ended.resume(returning: $0)
+                            }
+                        } catch {
+                            ended.resume(throwing: error)
+                        }
+                    }
+                }
+                #expect(lines.all == ["one", "two", "three"])
+                #expect(ended == .endOfFile)
+            }
+        }
+
+        @Test("an overlong line ends reading with lineTooLong")
+        func overlongLine() async throws {
+            try await withLoop { loop async throws in
+                let output = try UVPipePair()
+                var options = Self.shell("echo ok; head -c 10000 /dev/zero | tr '\\0' x; echo; echo after")
+                options.descriptors = [1: output.writeEnd, 2: 2]
+                let lines = Collector<String>()
+                let spawnOptions = options
+                let ended: UVLineReader.EndReason = try await withCheckedThrowingContinuation { ended in
+                    loop.execute {
+                        do {
+                            try loop.spawn(spawnOptions)
+                            _ = cws_close(output.writeEnd)
+                            _ = try loop.readLines(from: output.readEnd, maxLineLength: 100) { lines.append($0) } onEnd: {
+                                ended.resume(returning: $0)
+                            }
+                        } catch {
+                            ended.resume(throwing: error)
+                        }
+                    }
+                }
+                #expect(lines.all == ["ok"])
+                #expect(ended == .lineTooLong(limit: 100))
+            }
+        }
+    }
+}
+
+/// Spawns `options` (whose standard output is `pipe`'s write end) and returns the first line it writes.
+func readFirstLine(_ loop: UVEventLoop, _ pipe: UVPipePair, _ options: UVSpawnOptions) async throws -> String {
+    try await withCheckedThrowingContinuation { (result: CheckedContinuation<String, any Error>) in
+        loop.execute {
+            do {
+                try loop.spawn(options)
+                _ = cws_close(pipe.writeEnd)
+                var first: String?
+                _ = try loop.readLines(from: pipe.readEnd) { line in
+                    if first == nil { first = line }
+                } onEnd: { _ in
+                    result.resume(returning: first ?? "")
+                }
+            } catch {
+                result.resume(throwing: error)
+            }
+        }
+    }
+}
