@@ -7,8 +7,17 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <spawn.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+extern char **environ;
 
 static __thread const void *cws_thread_loop = NULL;
 
@@ -114,4 +123,107 @@ int cws_pipe(int fds[2], int read_cloexec, int write_cloexec, int nonblocking) {
 int cws_close(int fd) {
     if (close(fd) == 0) return 0;
     return errno == EINTR ? 0 : errno;
+}
+
+int cws_has_pidfd(void) {
+    static int probed = -1;
+    int known = __atomic_load_n(&probed, __ATOMIC_ACQUIRE);
+    if (known >= 0) return known;
+    int fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    int result = fd >= 0 ? 1 : 0;
+    if (fd >= 0) close(fd);
+    __atomic_store_n(&probed, result, __ATOMIC_RELEASE);
+    return result;
+}
+
+int cws_spawn(const char *file, char *const argv[], char *const envp[], const char *cwd, int new_session,
+              int search_path, const int *child_fds, const int *parent_fds, int fd_count, pid_t *pid_out,
+              int *pidfd_out) {
+    posix_spawnattr_t attributes;
+    posix_spawn_file_actions_t actions;
+    int temporaries[64];
+    int temporary_count = 0;
+    int err = 0;
+
+    if (fd_count > 64) return EINVAL;
+    int max_child = 2;
+    for (int i = 0; i < fd_count; i++) {
+        if (child_fds[i] > max_child) max_child = child_fds[i];
+    }
+
+    if ((err = posix_spawnattr_init(&attributes)) != 0) return err;
+    if ((err = posix_spawn_file_actions_init(&actions)) != 0) {
+        posix_spawnattr_destroy(&attributes);
+        return err;
+    }
+
+    sigset_t empty, all;
+    sigemptyset(&empty);
+    sigfillset(&all);
+    short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+    if (new_session) flags |= POSIX_SPAWN_SETSID;
+    err = posix_spawnattr_setflags(&attributes, flags);
+    if (err == 0) err = posix_spawnattr_setsigmask(&attributes, &empty);
+    if (err == 0) err = posix_spawnattr_setsigdefault(&attributes, &all);
+
+    // Copy every source above every target first, so that a mapping like 3<-4, 4<-3 cannot clobber itself.
+    // The copies are close-on-exec: the child keeps only the dup2 results, no other child gets them.
+    for (int i = 0; err == 0 && i < fd_count; i++) {
+        int copy = fcntl(parent_fds[i], F_DUPFD_CLOEXEC, max_child + 1);
+        if (copy < 0) {
+            err = errno;
+            break;
+        }
+        temporaries[temporary_count++] = copy;
+        err = posix_spawn_file_actions_adddup2(&actions, copy, child_fds[i]);
+    }
+    for (int standard = 0; err == 0 && standard <= 2; standard++) {
+        int named = 0;
+        for (int i = 0; i < fd_count; i++) {
+            if (child_fds[i] == standard) named = 1;
+        }
+        if (!named) err = posix_spawn_file_actions_addopen(&actions, standard, "/dev/null", O_RDWR, 0);
+    }
+    if (err == 0 && cwd != NULL) err = posix_spawn_file_actions_addchdir_np(&actions, cwd);
+
+    pid_t pid = -1;
+    if (err == 0) {
+        char *const *environment = envp != NULL ? envp : environ;
+        err = search_path ? posix_spawnp(&pid, file, &actions, &attributes, argv, environment)
+                          : posix_spawn(&pid, file, &actions, &attributes, argv, environment);
+    }
+    for (int i = 0; i < temporary_count; i++) close(temporaries[i]);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attributes);
+    if (err != 0) return err;
+
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) {
+        err = errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+        return err;
+    }
+    *pid_out = pid;
+    *pidfd_out = pidfd;
+    return 0;
+}
+
+int cws_reap(pid_t pid, int *exit_code, int *signal) {
+    int status = 0;
+    pid_t result;
+    do {
+        result = waitpid(pid, &status, WNOHANG);
+    } while (result < 0 && errno == EINTR);
+    if (result < 0) return -errno;
+    if (result == 0) return 0;
+    if (WIFEXITED(status)) {
+        *exit_code = WEXITSTATUS(status);
+        *signal = 0;
+    } else {
+        *exit_code = -1;
+        *signal = WTERMSIG(status);
+    }
+    return 1;
 }

@@ -10,26 +10,36 @@ import Glibc
 extension UVConcurrencyTests {
     @Suite("Processes")
     struct ProcessTests {
-        static func shell(_ script: String, detached: Bool = false) -> UVSpawnOptions {
-            UVSpawnOptions(executable: "/bin/sh", arguments: ["-c", script], detached: detached)
+        static let strategies: [UVSpawnStrategy] = [.libuv, .posixSpawn]
+
+        static func shell(_ script: String, detached: Bool = false, _ strategy: UVSpawnStrategy = .automatic) -> UVSpawnOptions {
+            var options = UVSpawnOptions(executable: "/bin/sh", arguments: ["-c", script], detached: detached)
+            options.strategy = strategy
+            return options
         }
 
-        @Test("exit statuses: /bin/true, exit 1, exit 42, killed by SIGKILL")
-        func exitStatuses() async throws {
+        static func program(_ executable: String, _ strategy: UVSpawnStrategy) -> UVSpawnOptions {
+            var options = UVSpawnOptions(executable: executable)
+            options.strategy = strategy
+            return options
+        }
+
+        @Test("exit statuses: /bin/true, exit 1, exit 42, killed by SIGKILL", arguments: Self.strategies)
+        func exitStatuses(strategy: UVSpawnStrategy) async throws {
             try await withLoop { loop async throws in
-                #expect(try await run(loop, UVSpawnOptions(executable: "/bin/true")) == .exited(0))
-                #expect(try await run(loop, Self.shell("exit 1")) == .exited(1))
-                #expect(try await run(loop, Self.shell("exit 42")) == .exited(42))
-                #expect(try await run(loop, Self.shell("kill -9 $$")) == .signaled(.kill))
+                #expect(try await run(loop, Self.program("/bin/true", strategy)) == .exited(0))
+                #expect(try await run(loop, Self.shell("exit 1", strategy)) == .exited(1))
+                #expect(try await run(loop, Self.shell("exit 42", strategy)) == .exited(42))
+                #expect(try await run(loop, Self.shell("kill -9 $$", strategy)) == .signaled(.kill))
             }
         }
 
-        @Test("the pid is known synchronously and the exit reaches onExit before waiters")
-        func pidAndOnExit() async throws {
+        @Test("the pid is known synchronously and the exit reaches onExit before waiters", arguments: Self.strategies)
+        func pidAndOnExit(strategy: UVSpawnStrategy) async throws {
             try await withLoop { loop async throws in
                 let order = Collector<String>()
                 let process = try await loop.submit {
-                    try loop.spawn(Self.shell("exit 7")) { status in order.append("onExit \(status)") }
+                    try loop.spawn(Self.shell("exit 7", strategy)) { status in order.append("onExit \(status)") }
                 }
                 #expect(process.pid > 0)
                 let status = try await process.waitForExit()
@@ -39,12 +49,12 @@ extension UVConcurrencyTests {
             }
         }
 
-        @Test("a missing executable is a synchronous ENOENT error, and nothing stays open")
-        func missingExecutable() async throws {
+        @Test("a missing executable is a synchronous ENOENT error, and nothing stays open", arguments: Self.strategies)
+        func missingExecutable(strategy: UVSpawnStrategy) async throws {
             try await withLoop { loop async throws in
                 let error = try await loop.submit { () -> UVError? in
                     do throws(UVError) {
-                        try loop.spawn(UVSpawnOptions(executable: "/no/such/worker"))
+                        try loop.spawn(Self.program("/no/such/worker", strategy))
                         return nil
                     } catch {
                         return error
@@ -58,8 +68,8 @@ extension UVConcurrencyTests {
             }
         }
 
-        @Test("a file that is not executable is a synchronous EACCES error")
-        func notExecutable() async throws {
+        @Test("a file that is not executable is a synchronous EACCES error", arguments: Self.strategies)
+        func notExecutable(strategy: UVSpawnStrategy) async throws {
             // mkstemp makes a file with mode 0600: not executable, even for root.
             var template = Array("/tmp/not-executable-XXXXXX".utf8CString)
             let fd = mkstemp(&template)
@@ -71,7 +81,7 @@ extension UVConcurrencyTests {
             }
             try await withLoop { loop async throws in
                 await #expect(throws: UVError(.spawnFailed, errno: EACCES, context: "spawning '\(path)'")) {
-                    _ = try await loop.spawnProcess(UVSpawnOptions(executable: path))
+                    _ = try await loop.spawnProcess(Self.program(path, strategy))
                 }
             }
         }
@@ -95,13 +105,13 @@ extension UVConcurrencyTests {
             }
         }
 
-        @Test("1,000 spawns leave no zombie and no open handle")
-        func thousandSpawnsNoZombies() async throws {
+        @Test("1,000 spawns leave no zombie and no open handle", arguments: Self.strategies)
+        func thousandSpawnsNoZombies(strategy: UVSpawnStrategy) async throws {
             try await withLoop { loop async throws in
                 var pids: [pid_t] = []
                 for _ in 0..<10 {
                     let processes = try await loop.submit {
-                        try (0..<100).map { _ in try loop.spawn(UVSpawnOptions(executable: "/bin/true")) }
+                        try (0..<100).map { _ in try loop.spawn(Self.program("/bin/true", strategy)) }
                     }
                     for process in processes {
                         #expect(try await process.waitForExit() == .exited(0))
@@ -114,12 +124,12 @@ extension UVConcurrencyTests {
             }
         }
 
-        @Test("a group signal reaches a grandchild")
-        func groupSignalReachesGrandchild() async throws {
+        @Test("a group signal reaches a grandchild", arguments: Self.strategies)
+        func groupSignalReachesGrandchild(strategy: UVSpawnStrategy) async throws {
             try await withLoop { loop async throws in
                 let output = try UVPipePair()
                 let lines = Collector<String>()
-                var options = Self.shell("sleep 1000 & echo started; wait", detached: true)
+                var options = Self.shell("sleep 1000 & echo started; wait", detached: true, strategy)
                 options.descriptors = [1: output.writeEnd, 2: 2]
                 let spawnOptions = options
                 let ended: UVLineReader.EndReason = try await withCheckedThrowingContinuation { ended in
@@ -165,11 +175,11 @@ extension UVConcurrencyTests {
             }
         }
 
-        @Test("detached children get a session of their own; environment and working directory are applied")
-        func detachedEnvironmentAndDirectory() async throws {
+        @Test("detached children get a session of their own; environment and working directory are applied", arguments: Self.strategies)
+        func detachedEnvironmentAndDirectory(strategy: UVSpawnStrategy) async throws {
             try await withLoop { loop async throws in
                 let output = try UVPipePair()
-                var options = Self.shell(#"echo "$(ps -o sid= -p $$ | tr -d ' ') $$ $GREETING $(pwd)""#, detached: true)
+                var options = Self.shell(#"echo "$(ps -o sid= -p $$ | tr -d ' ') $$ $GREETING $(pwd)""#, detached: true, strategy)
                 options.environment = ["GREETING": "hello", "PATH": "/usr/bin:/bin"]
                 options.workingDirectory = "/tmp"
                 options.descriptors = [1: output.writeEnd, 2: 2]
@@ -181,38 +191,80 @@ extension UVConcurrencyTests {
             }
         }
 
-        @Test("a child gets the descriptors it was given and none of this package's")
-        func childGetsExactlyItsDescriptors() async throws {
+        @Test("a child gets the descriptors it was given and none of this package's", arguments: Self.strategies)
+        func childGetsExactlyItsDescriptors(strategy: UVSpawnStrategy) async throws {
             try await withLoop { loop async throws in
                 let output = try UVPipePair()
                 let extra = try UVPipePair()
                 defer { extra.close() }
-                // Descriptors of ours that must not leak: the loop's own, plus these pipes' other ends. Descriptors
-                // that other code in this process (the test runner) left inheritable are inherited by design
-                // (libuv cannot close them), so they are subtracted.
-                let inheritableBefore = inheritableDescriptors()
-                var options = Self.shell("ls -1 /proc/$$/fd | tr '\\n' ' '")
+                // Descriptors of ours must not leak: the loop's own (epoll, eventfd, signal pipes, pidfds) and these
+                // pipes' other ends, all close-on-exec. Descriptors that other code in this process left
+                // inheritable (the test runner's sockets, say) are inherited by design: libuv has no hook to
+                // close them. So every extra descriptor in the child must be one that is not close-on-exec here.
+                var options = Self.shell("ls -1 /proc/$$/fd | tr '\\n' ' '", strategy)
                 options.descriptors = [1: output.writeEnd, 2: 2, 5: extra.writeEnd]
                 let line = try await readFirstLine(loop, output, options)
                 let descriptors = Set(line.split(separator: " ").compactMap { Int32($0) })
                 #expect(descriptors.isSuperset(of: [0, 1, 2, 5]))
-                #expect(descriptors.subtracting(inheritableBefore).subtracting([0, 1, 2, 5]).isEmpty)
+                let ours = descriptors.subtracting([0, 1, 2, 5]).filter { cws_is_cloexec($0) == 1 }
+                #expect(ours.isEmpty, "close-on-exec descriptors of this process reached the child: \(ours)")
                 #expect(!descriptors.contains(output.readEnd))
                 #expect(!descriptors.contains(extra.readEnd))
-                #expect(inheritableBefore.intersection([output.readEnd, output.writeEnd, extra.readEnd, extra.writeEnd]).isEmpty)
                 #expect(cws_is_cloexec(extra.writeEnd) == 1)
                 #expect(cws_is_cloexec(extra.readEnd) == 1)
             }
         }
 
-        @Test("cancelling tasks that await exits resumes each exactly once and leaks nothing", arguments: [300])
-        func cancellationRacesExits(iterations: Int) async throws {
+        @Test("descriptors can be permuted: each pipe goes to the other's descriptor number", arguments: Self.strategies)
+        func descriptorPermutation(strategy: UVSpawnStrategy) async throws {
             try await withLoop { loop async throws in
+                let first = try UVPipePair()
+                let second = try UVPipePair()
+                defer {
+                    first.close()
+                    second.close()
+                }
+                let output = try UVPipePair()
+                // Child descriptor A gets the pipe that is B in this process, and B the one that is A: a naive
+                // sequence of dup2 calls would clobber one with the other.
+                let (a, b) = (first.writeEnd, second.writeEnd)
+                var options = Self.shell("echo first > /proc/self/fd/\(b); echo second > /proc/self/fd/\(a); echo done", strategy)
+                options.descriptors = [1: output.writeEnd, 2: 2, b: a, a: b]
+                #expect(try await readFirstLine(loop, output, options) == "done")
+                var buffer = [UInt8](repeating: 0, count: 64)
+                let firstCount = read(first.readEnd, &buffer, 64)
+                #expect(firstCount == 6 && Array(buffer.prefix(6)) == Array("first\n".utf8))
+                let secondCount = read(second.readEnd, &buffer, 64)
+                #expect(secondCount == 7 && Array(buffer.prefix(7)) == Array("second\n".utf8))
+            }
+        }
+
+        @Test("automatic picks posixSpawn where pidfds exist, libuv when a user switch is asked for")
+        func automaticStrategy() async throws {
+            try await withLoop { loop async throws in
+                let plain = try await loop.spawnProcess(UVSpawnOptions(executable: "/bin/true"))
+                #expect(plain.strategy == (cws_has_pidfd() == 1 ? .posixSpawn : .libuv))
+                #expect(try await plain.waitForExit() == .exited(0))
+                var switching = UVSpawnOptions(executable: "/bin/true")
+                switching.userID = getuid()
+                switching.groupID = getgid()
+                let switched = try await loop.spawnProcess(switching)
+                #expect(switched.strategy == .libuv)
+                #expect(try await switched.waitForExit() == .exited(0))
+                switching.strategy = .posixSpawn
+                await #expect(throws: UVError.self) { _ = try await loop.spawnProcess(switching) }
+            }
+        }
+
+        @Test("cancelling tasks that await exits resumes each exactly once and leaks nothing", arguments: Self.strategies)
+        func cancellationRacesExits(strategy: UVSpawnStrategy) async throws {
+            try await withLoop { loop async throws in
+                let iterations = 300
                 var cancelled = 0
                 var completed = 0
                 weak var lastProcess: UVChildProcess?
                 for iteration in 0..<iterations {
-                    let process = try await loop.spawnProcess(UVSpawnOptions(executable: "/bin/true"))
+                    let process = try await loop.spawnProcess(Self.program("/bin/true", strategy))
                     lastProcess = process
                     let resumes = Atomic<Int>(0)
                     let waiter = Task {
@@ -241,16 +293,16 @@ extension UVConcurrencyTests {
             }
         }
 
-        @Test("shutdown with live handles returns promptly and cleanly")
-        func shutdownWithLiveHandles() async throws {
-            let loop = try UVEventLoop(name: "busy-loop")
+        @Test("shutdown with live handles returns promptly and cleanly", arguments: Self.strategies)
+        func shutdownWithLiveHandles(strategy: UVSpawnStrategy) async throws {
+            let loop = try UVEventLoop(name: "busy-loop-\(strategy)")
             let output = try UVPipePair()
             let quiet = try UVPipePair()  // its write end stays open here: only shutdown can end its reader
             defer { _ = cws_close(quiet.writeEnd) }
             let fired = Collector<String>()
             let exits = Collector<UVExitStatus>()
             let readerEnds = Collector<UVLineReader.EndReason>()
-            var options = Self.shell("sleep 1000 & exec sleep 1000", detached: true)
+            var options = Self.shell("sleep 1000 & exec sleep 1000", detached: true, strategy)
             options.descriptors = [1: output.writeEnd, 2: 2]
             let spawnOptions = options
             let child = try await loop.submit {

@@ -59,7 +59,7 @@ func run(_ loop: UVEventLoop, _ options: UVSpawnOptions) async throws -> UVExitS
 
 /// Reads `/proc/<pid>/stat`: the process state letter and parent pid, or nil when no such process exists.
 func procStat(_ pid: pid_t) -> (state: Character, parent: pid_t)? {
-    guard let file = fopen("/proc/\(pid)/stat", "r") else { return nil }
+    guard let file = fopen("/proc/\(pid)/stat", "re") else { return nil }
     defer { fclose(file) }
     var buffer = [CChar](repeating: 0, count: 1024)
     guard fgets(&buffer, Int32(buffer.count), file) != nil else { return nil }
@@ -87,6 +87,11 @@ final class Collector<Value: Sendable>: Sendable {
     func append(_ value: Value) { self.values.withLock { $0.append(value) } }
 
     var all: [Value] { self.values.withLock { $0 } }
+}
+
+/// The loop's open handle count, read on the loop thread.
+func openHandles(_ loop: UVEventLoop) async throws -> Int {
+    try await loop.submit { loop.openHandleCount }
 }
 
 /// The loop's open handle count, read on the loop thread.

@@ -60,4 +60,21 @@ int cws_is_cloexec(int fd);
 /// Closes `fd`, ignoring EINTR (on Linux the descriptor is released even then). Returns 0 or an errno.
 int cws_close(int fd);
 
+/// Whether this kernel has `pidfd_open` (Linux 5.3 and later): 1 yes, 0 no. Probed once.
+int cws_has_pidfd(void);
+
+/// Starts a child with `posix_spawn` (`posix_spawnp` when `search_path`), the way `uv_spawn` would, and opens a
+/// pidfd for it. The child gets an empty signal mask and default dispositions; with `new_session` it calls
+/// `setsid`; `cwd` (or NULL) becomes its working directory; `envp` NULL inherits `environ`. Child descriptor
+/// `child_fds[i]` receives parent descriptor `parent_fds[i]` (through close-on-exec temporaries, so that the
+/// mapping may permute descriptors); standard descriptors not named get `/dev/null`.
+/// Returns 0 and sets `*pid_out` and `*pidfd_out` (close-on-exec), or an errno (nothing is left running then).
+int cws_spawn(const char *file, char *const argv[], char *const envp[], const char *cwd, int new_session,
+              int search_path, const int *child_fds, const int *parent_fds, int fd_count, pid_t *pid_out,
+              int *pidfd_out);
+
+/// Reaps `pid` if it has exited (`waitpid(pid, WNOHANG)`). Returns 1 and sets `*exit_code` (or `*signal`,
+/// with `*exit_code` -1) when reaped, 0 when it still runs, or -errno.
+int cws_reap(pid_t pid, int *exit_code, int *signal);
+
 #endif

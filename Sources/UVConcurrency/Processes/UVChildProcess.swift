@@ -1,16 +1,21 @@
 import CLibUV
+import CWorkerSupport
 import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A child process started with `uv_spawn` on a ``UVEventLoop``.
+/// A child process started on a ``UVEventLoop`` (see ``UVSpawnStrategy`` for how).
 ///
-/// libuv reaps the child (by pid, through its SIGCHLD handling); the exit is then reported on the loop thread,
-/// first to the `onExit` closure given at spawn, then to every task waiting in ``waitForExit()``. The libuv
-/// handle is closed only after that, so a child never stays a zombie, and no signal is sent through this object
-/// after the reap (the pid may have been reused by then).
+/// The child is reaped by pid only (by libuv's SIGCHLD handling, or after its pidfd became readable); the exit
+/// is then reported on the loop thread, first to the `onExit` closure given at spawn, then to every task
+/// waiting in ``waitForExit()``. Handles are closed only after the reap, so a child never stays a zombie, and
+/// no signal is sent through this object after the reap (the pid may have been reused by then).
+///
+/// Nothing else in the process may reap children it did not start (`waitpid(-1)`, `wait()`, SIGCHLD set to
+/// ignore): libuv then loses the exit. A pidfd-watched child reaped by someone else is reported as
+/// `.exited(-1)`, a code no real exit has.
 public final class UVChildProcess: @unchecked Sendable {
     // @unchecked Sendable: `pid`, `loop`, `executable` and `isDetached` are immutable; every `var` is touched only
     // on the loop thread.
@@ -24,20 +29,36 @@ public final class UVChildProcess: @unchecked Sendable {
     /// Whether it runs in a session and process group of its own (whose id is ``pid``).
     public let isDetached: Bool
 
-    private var handle: UnsafeMutablePointer<uv_process_t>?
+    private var backend: Backend
     private var onExit: ((UVExitStatus) -> Void)?
     private var status: UVExitStatus?
     private var waiters = LoopWaiters<UVExitStatus>()
 
+    /// How the exit is learnt, and what to close after it.
+    enum Backend {
+        /// `uv_spawn`: libuv reaps and calls the exit callback.
+        case libuv(UnsafeMutablePointer<uv_process_t>)
+        /// `posix_spawn`: a poll watcher on the pidfd; the process is reaped here.
+        case pidfd(UnsafeMutablePointer<uv_poll_t>, Int32)
+        /// Reaped, handles closed.
+        case reaped
+    }
+
+    /// The strategy the child was started with.
+    public let strategy: UVSpawnStrategy
+
     init(
         loop: UVEventLoop,
-        handle: UnsafeMutablePointer<uv_process_t>,
+        pid: Int32,
+        backend: Backend,
         options: UVSpawnOptions,
+        strategy: UVSpawnStrategy,
         onExit: @escaping (UVExitStatus) -> Void
     ) {
         self.loop = loop
-        self.handle = handle
-        self.pid = handle.pointee.pid
+        self.backend = backend
+        self.strategy = strategy
+        self.pid = pid
         self.executable = options.executable
         self.isDetached = options.detached
         self.onExit = onExit
@@ -132,15 +153,37 @@ public final class UVChildProcess: @unchecked Sendable {
         self.loop.closeIfNoLiveProcesses()
     }
 
+    /// The pidfd became readable: the child exited (or, spuriously, not yet).
+    func pidfdReadable() {
+        var code: Int32 = 0
+        var signal: Int32 = 0
+        let reaped = cws_reap(self.pid, &code, &signal)
+        if reaped == 0 { return }
+        // ECHILD: something else in this process reaped our child; the status is lost.
+        self.exited(status: reaped > 0 ? Int64(code) : -1, signal: reaped > 0 ? signal : 0)
+    }
+
     private func closeHandle() {
-        guard let handle = self.handle else { return }
-        self.handle = nil
-        uv_close(cuv_process_as_handle(handle)) { handle in
-            let process = UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_process_t.self)
-            if let data = process.pointee.data {
-                Unmanaged<UVChildProcess>.fromOpaque(data).release()
+        switch self.backend {
+        case .reaped:
+            return
+        case .libuv(let handle):
+            uv_close(cuv_process_as_handle(handle)) { handle in
+                let process = UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_process_t.self)
+                if let data = process.pointee.data {
+                    Unmanaged<UVChildProcess>.fromOpaque(data).release()
+                }
+                process.deallocate()
             }
-            process.deallocate()
+        case .pidfd(let poll, let pidfd):
+            uv_close(cuv_poll_as_handle(poll)) { handle in
+                let poll = UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_poll_t.self)
+                Unmanaged<UVChildProcess>.fromOpaque(poll.pointee.data!).release()
+                poll.deallocate()
+            }
+            // uv_close stopped the watcher and removed the descriptor from epoll: it may be closed now.
+            _ = cws_close(pidfd)
         }
+        self.backend = .reaped
     }
 }

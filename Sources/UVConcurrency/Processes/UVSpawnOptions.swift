@@ -25,6 +25,8 @@ public struct UVSpawnOptions: Sendable, Hashable {
     public var userID: UInt32?
     /// Run the child as this group id (needs the privilege to switch); `nil` keeps this process's.
     public var groupID: UInt32?
+    /// How to start the child; ``UVSpawnStrategy/automatic`` by default.
+    public var strategy: UVSpawnStrategy
 
     /// The descriptors a child gets by default: standard input, output and error, passed through.
     public static let standardDescriptors: [Int32: Int32] = [0: 0, 1: 1, 2: 2]
@@ -54,6 +56,7 @@ public struct UVSpawnOptions: Sendable, Hashable {
         self.descriptors = descriptors
         self.userID = nil
         self.groupID = nil
+        self.strategy = .automatic
     }
 
     /// Checks what libuv would otherwise reject with a less helpful message.

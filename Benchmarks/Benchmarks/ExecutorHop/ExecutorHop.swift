@@ -1,0 +1,68 @@
+import Benchmark
+import NIOCore
+import NIOPosix
+import UVConcurrency
+
+/// The same actor on three executors. Its method does real work, so that an optimised build cannot drop the hop.
+actor Counter {
+    private let executor: UnownedSerialExecutor
+    private var value = 0
+
+    nonisolated var unownedExecutor: UnownedSerialExecutor {
+        self.executor
+    }
+
+    init(executor: UnownedSerialExecutor) {
+        self.executor = executor
+    }
+
+    func increment(by amount: Int) -> Int {
+        self.value &+= amount
+        return self.value
+    }
+}
+
+/// An actor on the default (global concurrent) executor.
+actor DefaultCounter {
+    private var value = 0
+
+    func increment(by amount: Int) -> Int {
+        self.value &+= amount
+        return self.value
+    }
+}
+
+/// Round trip of an `await` from a task on the global executor into an actor and back.
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .mallocCountTotal],
+        timeUnits: .microseconds,
+        warmupIterations: 1000,
+        maxDuration: .seconds(5),
+        maxIterations: 200_000
+    )
+
+    let defaultCounter = DefaultCounter()
+    Benchmark("hop: actor on the default executor") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(await defaultCounter.increment(by: 1))
+        }
+    }
+
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let nioLoop = group.next()
+    let nioCounter = Counter(executor: nioLoop.executor.asUnownedSerialExecutor())
+    Benchmark("hop: actor on a SwiftNIO EventLoop (baseline)") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(await nioCounter.increment(by: 1))
+        }
+    }
+
+    let uvLoop = try! UVEventLoop(name: "bench-hop")
+    let uvCounter = Counter(executor: uvLoop.asUnownedSerialExecutor())
+    Benchmark("hop: actor on a UVEventLoop") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(await uvCounter.increment(by: 1))
+        }
+    }
+}

@@ -1,0 +1,47 @@
+// swift-tools-version: 6.1
+
+import PackageDescription
+
+// Benchmarks for swift-background-workers, a package of their own so that the library does not depend on
+// package-benchmark or SwiftNIO. Run from this folder:
+//   swift package --allow-writing-to-directory .benchmarkBaselines benchmark
+// or `./report.sh` for the ratio tables of BENCHMARKS.md.
+let package = Package(
+    name: "swift-background-workers-benchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "swift-background-workers", path: "../"),
+        .package(url: "https://github.com/ordo-one/package-benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    ],
+    targets: [
+        // Baselines in C: posix_spawn + waitpid, and libuv's uv_spawn used directly.
+        .target(
+            name: "CSpawnBaseline",
+            linkerSettings: [.linkedLibrary("uv")]
+        ),
+        .executableTarget(
+            name: "ExecutorHop",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "UVConcurrency", package: "swift-background-workers"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Benchmarks/ExecutorHop",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
+        .executableTarget(
+            name: "Spawn",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "UVConcurrency", package: "swift-background-workers"),
+                "CSpawnBaseline",
+            ],
+            path: "Benchmarks/Spawn",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
+    ]
+)

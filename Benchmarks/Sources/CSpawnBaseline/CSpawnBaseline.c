@@ -1,0 +1,58 @@
+#define _GNU_SOURCE
+#include "CSpawnBaseline.h"
+
+#include <errno.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <uv.h>
+
+int csb_posix_spawn_and_wait(const char *path, char *const envp[]) {
+    pid_t pid;
+    char *argv[] = {(char *)path, NULL};
+    int err = posix_spawn(&pid, path, NULL, NULL, argv, envp);
+    if (err != 0) return -err;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) return -errno;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static uv_loop_t *csb_loop = NULL;
+static int csb_exit_status = -1;
+
+static void csb_on_exit(uv_process_t *process, int64_t status, int signal) {
+    csb_exit_status = signal ? 128 + signal : (int)status;
+    uv_close((uv_handle_t *)process, NULL);
+}
+
+int csb_uv_spawn_and_wait(const char *path, char *const envp[]) {
+    if (csb_loop == NULL) {
+        csb_loop = malloc(sizeof(uv_loop_t));
+        uv_loop_init(csb_loop);
+    }
+    uv_process_t process;
+    uv_process_options_t options = {0};
+    char *argv[] = {(char *)path, NULL};
+    uv_stdio_container_t stdio[3];
+    for (int i = 0; i < 3; i++) {
+        stdio[i].flags = UV_INHERIT_FD;
+        stdio[i].data.fd = i;
+    }
+    options.exit_cb = csb_on_exit;
+    options.file = path;
+    options.args = argv;
+    options.env = (char **)envp;
+    options.stdio = stdio;
+    options.stdio_count = 3;
+    csb_exit_status = -1;
+    int err = uv_spawn(csb_loop, &process, &options);
+    if (err != 0) {
+        uv_close((uv_handle_t *)&process, NULL);
+        uv_run(csb_loop, UV_RUN_DEFAULT);
+        return err;
+    }
+    uv_run(csb_loop, UV_RUN_DEFAULT);
+    return csb_exit_status;
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Quick start, command 2: builds everything (warnings are errors in our targets) and runs the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/ensure-deps.sh
+swift build --build-tests
+swift run loop-demo >/dev/null
+exec swift test --disable-xctest "$@"
