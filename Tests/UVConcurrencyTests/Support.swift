@@ -93,17 +93,3 @@ final class Collector<Value: Sendable>: Sendable {
 func openHandles(_ loop: UVEventLoop) async throws -> Int {
     try await loop.submit { loop.openHandleCount }
 }
-
-/// The loop's open handle count, read on the loop thread.
-func openHandles(_ loop: UVEventLoop) async throws -> Int {
-    try await loop.submit { loop.openHandleCount }
-}
-
-/// The descriptors of this process that a child would inherit (open and not close-on-exec).
-func inheritableDescriptors() -> Set<Int32> {
-    var result: Set<Int32> = []
-    for fd in Int32(0)..<4096 where cws_is_cloexec(fd) == 0 {
-        result.insert(fd)
-    }
-    return result
-}
