@@ -96,6 +96,29 @@ extension UVConcurrencyTests {
             }
         }
 
+        @Test("a loop that never spins sleeps and is woken for every job", arguments: [Duration.zero, .microseconds(50)])
+        func loopWithAndWithoutSpin(spin: Duration) async throws {
+            let loop = try UVEventLoop(name: "spin-\(spin)", spinBeforeSleep: spin)
+            let actor = LoopActor(loop: loop)
+            for value in 0..<2000 {
+                await actor.record(value)
+            }
+            #expect(await actor.log == Array(0..<2000))
+            try await loop.shutdown()
+        }
+
+        @Test("an out-of-range spin is refused, naming the value")
+        func invalidSpinIsRefused() throws {
+            #expect(throws: UVError.self) { _ = try UVEventLoop(name: "bad", spinBeforeSleep: .milliseconds(-1)) }
+            do {
+                _ = try UVEventLoop(name: "bad", spinBeforeSleep: .seconds(1))
+                Issue.record("a one-second spin was accepted")
+            } catch {
+                #expect(error.code == .invalidArgument)
+                #expect(error.description.contains("1.0 seconds"))
+            }
+        }
+
         @Test("withTaskExecutorPreference runs a task group's children on the loop thread")
         func taskExecutorPreference() async throws {
             try await withLoop { loop async throws in

@@ -65,4 +65,12 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(await uvCounter.increment(by: 1))
         }
     }
+
+    let sleepyLoop = try! UVEventLoop(name: "bench-hop-nospin", spinBeforeSleep: .zero)
+    let sleepyCounter = Counter(executor: sleepyLoop.asUnownedSerialExecutor())
+    Benchmark("hop: actor on a UVEventLoop without spin") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(await sleepyCounter.increment(by: 1))
+        }
+    }
 }

@@ -35,12 +35,50 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     let loop = try! UVEventLoop(name: "bench-spawn")
-    let trueOptions = UVSpawnOptions(executable: "/bin/true", environment: environment)
-    Benchmark("spawn→exit: UVConcurrency from a task") { benchmark in
+    var trueOptions = UVSpawnOptions(executable: "/bin/true", environment: environment)
+    trueOptions.strategy = .posixSpawn
+    let posixSpawner = Spawner(loop: loop, options: trueOptions)
+    trueOptions.strategy = .libuv
+    let libuvSpawner = Spawner(loop: loop, options: trueOptions)
+
+    Benchmark("spawn→exit: UVConcurrency posixSpawn, actor on the loop") { benchmark in
         for _ in benchmark.scaledIterations {
-            let process = try await loop.spawnProcess(trueOptions)
+            let status = try await posixSpawner.spawnAndWait()
+            precondition(status == .exited(0))
+        }
+    }
+
+    Benchmark("spawn→exit: UVConcurrency libuv, actor on the loop") { benchmark in
+        for _ in benchmark.scaledIterations {
+            let status = try await libuvSpawner.spawnAndWait()
+            precondition(status == .exited(0))
+        }
+    }
+
+    let taskOptions = UVSpawnOptions(executable: "/bin/true", environment: environment)
+    Benchmark("spawn→exit: UVConcurrency automatic, from a task (4 hops)") { benchmark in
+        for _ in benchmark.scaledIterations {
+            let process = try await loop.spawnProcess(taskOptions)
             let status = try await process.waitForExit()
             precondition(status == .exited(0))
         }
+    }
+}
+
+/// What the supervisor does: an actor on the loop spawns synchronously and awaits the exit.
+actor Spawner {
+    let loop: UVEventLoop
+    let options: UVSpawnOptions
+
+    nonisolated var unownedExecutor: UnownedSerialExecutor { self.loop.asUnownedSerialExecutor() }
+
+    init(loop: UVEventLoop, options: UVSpawnOptions) {
+        self.loop = loop
+        self.options = options
+    }
+
+    func spawnAndWait() async throws -> UVExitStatus {
+        let process = try self.loop.spawn(self.options)
+        return try await process.waitForExit()
     }
 }

@@ -57,6 +57,10 @@ public final class UVEventLoop: @unchecked Sendable {
     /// Loop-thread only: the buffer being run while enqueuers fill the other one.
     private var running: [LoopWork] = []
     private let lifecycle = Atomic<UInt8>(Lifecycle.running.rawValue)
+    /// Set by every enqueue, cleared by every drain: lets the idle spin watch the queue without the lock.
+    private let workHint = Atomic<Bool>(false)
+    /// How long the loop keeps polling its queue before it sleeps in `epoll_wait`, in nanoseconds.
+    private let spinNanoseconds: UInt64
     private let joinState = Mutex(JoinState())
     /// The loop thread, until joined. A lock of its own: joiners block in `pthread_join` while holding it, and
     /// the loop thread never takes it.
@@ -70,9 +74,24 @@ public final class UVEventLoop: @unchecked Sendable {
     private var internalHandlesClosed = false
 
     /// Creates a loop and starts its thread.
-    /// - Parameter name: The loop's name; the thread is named after its first 15 bytes.
-    /// - Throws: ``UVError`` with code ``UVError/Code/loopInitFailed`` when libuv or the kernel refuse.
-    public init(name: String = "uv-loop") throws(UVError) {
+    /// - Parameters:
+    ///   - name: The loop's name; the thread is named after its first 15 bytes.
+    ///   - spinBeforeSleep: How long the loop, once out of work, keeps watching its queue before it sleeps in
+    ///     `epoll_wait`. A job enqueued meanwhile runs without the cost of waking the thread (tens of
+    ///     microseconds on a virtual machine), which halves the latency of request/response traffic such as
+    ///     an `await` into an actor on the loop. The price is up to that much CPU time each time the loop
+    ///     goes idle, and timers and I/O seen up to that much later. `.zero` never spins.
+    /// - Throws: ``UVError`` with code ``UVError/Code/loopInitFailed`` when libuv or the kernel refuse, or
+    ///   ``UVError/Code/invalidArgument`` for a negative or over-long spin.
+    public init(name: String = "uv-loop", spinBeforeSleep: Duration = .microseconds(50)) throws(UVError) {
+        guard spinBeforeSleep >= .zero, spinBeforeSleep <= .milliseconds(10) else {
+            throw UVError(
+                .invalidArgument,
+                context: "spinBeforeSleep \(spinBeforeSleep) of loop '\(name)' is outside 0...10 ms"
+            )
+        }
+        let (seconds, attoseconds) = spinBeforeSleep.components
+        self.spinNanoseconds = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
         self.name = name
         self.uvLoop = .allocate(capacity: 1)
         self.prepareHandle = .allocate(capacity: 1)
@@ -199,6 +218,7 @@ public final class UVEventLoop: @unchecked Sendable {
     func enqueue(_ work: LoopWork) {
         let action = self.queue.withLock { queue -> EnqueueAction in
             queue.jobs.append(work)
+            self.workHint.store(true, ordering: .relaxed)
             switch queue.mode {
             case .loop:
                 if queue.sleeping {
@@ -236,6 +256,7 @@ public final class UVEventLoop: @unchecked Sendable {
                     return false
                 }
                 swap(&queue.jobs, &self.running)
+                self.workHint.store(false, ordering: .relaxed)
                 return true
             }
             guard hasWork else { return }
@@ -260,6 +281,23 @@ public final class UVEventLoop: @unchecked Sendable {
 
     /// The prepare phase, just before libuv computes its poll timeout and blocks.
     private func beforePoll() {
+        if self.spinNanoseconds > 0 {
+            self.drain(sleepWhenEmpty: false)
+            // Each job that arrives restarts the spin, but one loop turn spins at most 1 ms in all, so that a
+            // steady stream of jobs cannot keep timers and I/O (process exits) waiting.
+            var now = uv_hrtime()
+            let limit = now + 1_000_000
+            var deadline = now + self.spinNanoseconds
+            while now < deadline {
+                if self.workHint.load(ordering: .relaxed) {
+                    self.drain(sleepWhenEmpty: false)
+                    now = uv_hrtime()
+                    deadline = min(now + self.spinNanoseconds, limit)
+                } else {
+                    now = uv_hrtime()
+                }
+            }
+        }
         self.drain(sleepWhenEmpty: true)
     }
 
