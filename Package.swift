@@ -16,8 +16,15 @@ let swiftSettings: [SwiftSetting] = [
 let package = Package(
     name: "swift-background-workers",
     products: [
+        .library(name: "BackgroundWorkers", targets: ["BackgroundWorkers"]),
+        .library(name: "BackgroundWorkerContract", targets: ["BackgroundWorkerContract"]),
         .library(name: "UVConcurrency", targets: ["UVConcurrency"]),
         .executable(name: "loop-demo", targets: ["LoopDemo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
     ],
     targets: [
         // The machine's libuv (Debian: libuv1-dev), seen through a module map and `shim.h`.
@@ -34,10 +41,45 @@ let package = Package(
             dependencies: ["CLibUV", "CWorkerSupport"],
             swiftSettings: swiftSettings
         ),
+        // The registration record, its validation, and the worker process contract: shared by the supervisor and
+        // the worker runtime, knowing nothing of processes or libuv.
+        .target(
+            name: "BackgroundWorkerContract",
+            swiftSettings: swiftSettings
+        ),
+        // The bgworker semantics: slots, generations, start phases, restart and crash rules, notification,
+        // handles, events, shutdown modes, and the WorkerSupervisor actor on a UVEventLoop.
+        .target(
+            name: "BackgroundWorkers",
+            dependencies: [
+                "BackgroundWorkerContract",
+                "UVConcurrency",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "LoopDemo",
             dependencies: ["UVConcurrency"],
             path: "Examples/loop-demo",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BackgroundWorkerContractTests",
+            dependencies: ["BackgroundWorkerContract"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BackgroundWorkersTests",
+            dependencies: [
+                "BackgroundWorkers",
+                "BackgroundWorkerContract",
+                "UVConcurrency",
+                "CWorkerSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -44,4 +44,15 @@ public struct UVPipePair: Sendable, Hashable {
         _ = cws_close(self.readEnd)
         _ = cws_close(self.writeEnd)
     }
+
+    /// Closes the read end only (for example once a child holds its copy).
+    public func closeReadEnd() {
+        _ = cws_close(self.readEnd)
+    }
+
+    /// Closes the write end only (for example once a child holds its copy, so that end of file comes when the
+    /// child's copy closes).
+    public func closeWriteEnd() {
+        _ = cws_close(self.writeEnd)
+    }
 }

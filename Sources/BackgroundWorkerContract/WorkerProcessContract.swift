@@ -1,0 +1,188 @@
+/// What a worker process receives from its supervisor: environment variables and inherited descriptors.
+/// A worker needs no Swift to follow it.
+///
+/// | variable | value |
+/// |---|---|
+/// | `BGW_NAME`, `BGW_TYPE` | the registration's name and type |
+/// | `BGW_SLOT`, `BGW_GENERATION` | the worker's slot and the slot's generation (its handle) |
+/// | `BGW_MAIN_ARG` | the 64-bit main argument, in decimal |
+/// | `BGW_EXTRA` | the extra bytes, in lowercase hexadecimal (empty for none) |
+/// | `BGW_FLAGS` | the flags' bits, in decimal (1: shared memory, 2: database connection) |
+/// | `BGW_SUPERVISOR_PID` | the supervisor's process id |
+/// | `BGW_ALIVE_FD` | descriptor 3: the read end of the supervisor-alive pipe. Nothing is ever written to it; it reaches end of file when the supervisor dies (PostgreSQL's postmaster-death pipe) |
+/// | `BGW_READY_FD` | descriptor 4, for workers registered with `reportsReadiness`: the write end of the readiness pipe. Write the line `READY=1` once ready |
+///
+/// Exit codes: 0 means done (the worker is unregistered), 1 means restart after the interval, anything else
+/// (or death by a signal) is a crash.
+public enum WorkerProcessContract {
+    /// Every variable of the contract starts with this; registrations may not set such variables themselves.
+    public static let environmentPrefix = "BGW_"
+
+    /// The descriptor number of the supervisor-alive pipe's read end in every worker.
+    public static let aliveDescriptor: Int32 = 3
+    /// The descriptor number of the readiness pipe's write end in workers that report readiness.
+    public static let readinessDescriptor: Int32 = 4
+    /// The line a worker writes to its readiness descriptor once it is ready.
+    public static let readyLine = "READY=1"
+    /// The longest line the supervisor reads from a readiness descriptor; a longer one closes it.
+    public static let maxReadinessLineLength = 1024
+
+    /// The names of the contract's environment variables.
+    public enum Variable {
+        /// The registration's name.
+        public static let name = "BGW_NAME"
+        /// The registration's type.
+        public static let type = "BGW_TYPE"
+        /// The worker's slot.
+        public static let slot = "BGW_SLOT"
+        /// The slot's generation.
+        public static let generation = "BGW_GENERATION"
+        /// The main argument, in decimal.
+        public static let mainArgument = "BGW_MAIN_ARG"
+        /// The extra bytes, in hexadecimal.
+        public static let extra = "BGW_EXTRA"
+        /// The flags' bits, in decimal.
+        public static let flags = "BGW_FLAGS"
+        /// The supervisor's process id.
+        public static let supervisorPID = "BGW_SUPERVISOR_PID"
+        /// The supervisor-alive descriptor's number.
+        public static let aliveDescriptor = "BGW_ALIVE_FD"
+        /// The readiness descriptor's number, for workers that report readiness.
+        public static let readinessDescriptor = "BGW_READY_FD"
+    }
+
+    /// A worker's identity as the contract carries it.
+    public struct Identity: Sendable, Hashable {
+        /// The registration's name.
+        public var name: String
+        /// The registration's type.
+        public var type: String
+        /// The worker's slot.
+        public var slot: Int
+        /// The slot's generation.
+        public var generation: UInt64
+        /// The main argument.
+        public var mainArgument: UInt64
+        /// The extra bytes.
+        public var extra: [UInt8]
+        /// The flags.
+        public var flags: BackgroundWorker.Flags
+        /// The supervisor's process id.
+        public var supervisorPID: Int32
+        /// The supervisor-alive descriptor.
+        public var aliveDescriptor: Int32
+        /// The readiness descriptor, when the worker reports readiness.
+        public var readinessDescriptor: Int32?
+
+        /// Creates an identity.
+        public init(
+            worker: BackgroundWorker,
+            slot: Int,
+            generation: UInt64,
+            supervisorPID: Int32,
+            reportsReadiness: Bool
+        ) {
+            self.name = worker.name
+            self.type = worker.effectiveType
+            self.slot = slot
+            self.generation = generation
+            self.mainArgument = worker.mainArgument
+            self.extra = worker.extra
+            self.flags = worker.flags
+            self.supervisorPID = supervisorPID
+            self.aliveDescriptor = WorkerProcessContract.aliveDescriptor
+            self.readinessDescriptor = reportsReadiness ? WorkerProcessContract.readinessDescriptor : nil
+        }
+
+        /// The contract's variables for this identity.
+        public var environment: [String: String] {
+            var result = [
+                Variable.name: self.name,
+                Variable.type: self.type,
+                Variable.slot: String(self.slot),
+                Variable.generation: String(self.generation),
+                Variable.mainArgument: String(self.mainArgument),
+                Variable.extra: Self.hex(self.extra),
+                Variable.flags: String(self.flags.rawValue),
+                Variable.supervisorPID: String(self.supervisorPID),
+                Variable.aliveDescriptor: String(self.aliveDescriptor),
+            ]
+            if let readiness = self.readinessDescriptor {
+                result[Variable.readinessDescriptor] = String(readiness)
+            }
+            return result
+        }
+
+        /// Reads an identity back from a worker's environment.
+        /// - Throws: ``RegistrationError`` naming the variable that is missing or malformed.
+        public init(environment: [String: String]) throws(RegistrationError) {
+            func value(_ variable: String) throws(RegistrationError) -> String {
+                guard let value = environment[variable] else {
+                    throw RegistrationError(
+                        workerName: environment[Variable.name] ?? "?",
+                        field: variable,
+                        value: "missing",
+                        rule: "but a supervisor always sets it; was this process started by a supervisor?"
+                    )
+                }
+                return value
+            }
+            func number<T: FixedWidthInteger>(_ variable: String, as: T.Type) throws(RegistrationError) -> T {
+                let text = try value(variable)
+                guard let number = T(text) else {
+                    throw RegistrationError(workerName: environment[Variable.name] ?? "?", field: variable, value: "'\(text)'", rule: "which is not a number")
+                }
+                return number
+            }
+            self.name = try value(Variable.name)
+            self.type = try value(Variable.type)
+            self.slot = try number(Variable.slot, as: Int.self)
+            self.generation = try number(Variable.generation, as: UInt64.self)
+            self.mainArgument = try number(Variable.mainArgument, as: UInt64.self)
+            let extraText = try value(Variable.extra)
+            guard let extra = Self.bytes(fromHex: extraText) else {
+                throw RegistrationError(workerName: self.name, field: Variable.extra, value: "'\(extraText)'", rule: "which is not hexadecimal")
+            }
+            self.extra = extra
+            self.flags = BackgroundWorker.Flags(rawValue: try number(Variable.flags, as: Int32.self))
+            self.supervisorPID = try number(Variable.supervisorPID, as: Int32.self)
+            self.aliveDescriptor = try number(Variable.aliveDescriptor, as: Int32.self)
+            self.readinessDescriptor =
+                environment[Variable.readinessDescriptor] == nil
+                ? nil : try number(Variable.readinessDescriptor, as: Int32.self)
+        }
+
+        static func hex(_ bytes: [UInt8]) -> String {
+            let digits = Array("0123456789abcdef".utf8)
+            var result = [UInt8]()
+            result.reserveCapacity(bytes.count * 2)
+            for byte in bytes {
+                result.append(digits[Int(byte >> 4)])
+                result.append(digits[Int(byte & 0x0f)])
+            }
+            return String(decoding: result, as: UTF8.self)
+        }
+
+        static func bytes(fromHex text: String) -> [UInt8]? {
+            let utf8 = Array(text.utf8)
+            guard utf8.count % 2 == 0 else { return nil }
+            func nibble(_ c: UInt8) -> UInt8? {
+                switch c {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+                case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+                default: nil
+                }
+            }
+            var result = [UInt8]()
+            result.reserveCapacity(utf8.count / 2)
+            var index = 0
+            while index < utf8.count {
+                guard let high = nibble(utf8[index]), let low = nibble(utf8[index + 1]) else { return nil }
+                result.append(high << 4 | low)
+                index += 2
+            }
+            return result
+        }
+    }
+}

@@ -1,0 +1,67 @@
+import UVConcurrency
+
+/// Something that happened to a worker, in the order the supervisor saw it.
+public struct WorkerEvent: Sendable, Hashable, CustomStringConvertible {
+    /// What happened.
+    public enum Kind: Sendable, Hashable {
+        /// Registered (statically before `run()`, or dynamically).
+        case registered
+        /// A process was started.
+        case started(pid: Int32)
+        /// The worker reported readiness.
+        case ready(pid: Int32)
+        /// The process ended.
+        case exited(pid: Int32, status: UVExitStatus)
+        /// A spawn failed.
+        case spawnFailed(UVError)
+        /// A restart will happen after this long.
+        case restartScheduled(after: Duration)
+        /// The restart budget ran out.
+        case gaveUp
+        /// The slot was freed.
+        case unregistered(UnregisterReason)
+        /// A crash of this worker reset every shared-memory worker.
+        case crashReset
+    }
+
+    /// The worker's handle.
+    public let handle: BackgroundWorkerHandle
+    /// The worker's name.
+    public let name: String
+    /// What happened.
+    public let kind: Kind
+
+    /// `name [slot/generation]: kind`.
+    public var description: String { "\(self.name) [\(self.handle.slot)/\(self.handle.generation)]: \(self.kind)" }
+}
+
+/// The supervisor's events as an `AsyncSequence` (from ``WorkerSupervisor/events()``).
+///
+/// **Buffering:** each sequence holds up to ``WorkerSupervisor/Configuration/eventBufferSize`` events
+/// (1,024 by default) that its consumer has not taken yet; when it falls further behind, the oldest are
+/// dropped first. A consumer that must see every event keeps up or uses a larger buffer. The sequence
+/// finishes when the supervisor has stopped.
+public struct WorkerEvents: AsyncSequence, Sendable {
+    /// Each element is an event.
+    public typealias Element = WorkerEvent
+    /// Never fails.
+    public typealias Failure = Never
+
+    let stream: AsyncStream<WorkerEvent>
+
+    /// The sequence's iterator.
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: AsyncStream<WorkerEvent>.Iterator
+
+        /// The next event, or `nil` once the supervisor stopped.
+        public mutating func next() async -> WorkerEvent? { await self.base.next() }
+
+        /// The next event, or `nil` once the supervisor stopped.
+        public mutating func next(isolation actor: isolated (any Actor)?) async -> WorkerEvent? {
+            await self.base.next(isolation: actor)
+        }
+    }
+
+    /// Makes the iterator.
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: self.stream.makeAsyncIterator()) }
+}

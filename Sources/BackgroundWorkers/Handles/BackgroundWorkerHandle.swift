@@ -1,0 +1,79 @@
+/// A registered worker, as PostgreSQL's `BackgroundWorkerHandle`: its slot and the slot's generation.
+///
+/// A handle stays valid forever: once its worker is gone and the slot reused, it reports `.stopped`, and
+/// ``terminate()`` through it does nothing (no ABA). Every wait resolves: with the awaited state, with a
+/// ``SupervisorError`` that says why it cannot come (the worker stopped, the supervisor stopped), or with
+/// `CancellationError` when the waiting task is cancelled.
+public struct BackgroundWorkerHandle: Sendable, Hashable, CustomStringConvertible {
+    /// The worker's slot, 0 ..< `maxWorkerProcesses`.
+    public let slot: Int
+    /// The slot's generation when the worker was registered.
+    public let generation: UInt64
+    /// The supervisor that owns the worker.
+    public let supervisor: WorkerSupervisor
+
+    init(slot: Int, generation: UInt64, supervisor: WorkerSupervisor) {
+        self.slot = slot
+        self.generation = generation
+        self.supervisor = supervisor
+    }
+
+    /// Equal when slot, generation and supervisor are.
+    public static func == (lhs: BackgroundWorkerHandle, rhs: BackgroundWorkerHandle) -> Bool {
+        lhs.slot == rhs.slot && lhs.generation == rhs.generation && lhs.supervisor === rhs.supervisor
+    }
+
+    /// Hashes slot, generation and supervisor.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(self.slot)
+        hasher.combine(self.generation)
+        hasher.combine(ObjectIdentifier(self.supervisor))
+    }
+
+    /// `slot/generation`.
+    public var description: String { "worker \(self.slot)/\(self.generation)" }
+
+    /// The PostgreSQL status (`GetBackgroundWorkerPid`).
+    public var status: WorkerStatus {
+        get async { await self.supervisor.status(of: self) }
+    }
+
+    /// Everything known of the worker's state.
+    public var detail: WorkerStatusDetail {
+        get async { await self.supervisor.detail(of: self) }
+    }
+
+    /// Waits until the worker has a process (`WaitForBackgroundWorkerStartup`) and returns its pid.
+    /// - Throws: ``SupervisorError`` ``SupervisorError/Code/workerStopped`` when it stopped or was never started
+    ///   (the error's detail says why), ``SupervisorError/Code/supervisorStopped``, or `CancellationError`.
+    public func waitForStartup() async throws -> Int32 {
+        try await self.supervisor.waitForStartup(self)
+    }
+
+    /// Waits until the worker stops (`WaitForBackgroundWorkerShutdown`): for a restartable worker, its next exit.
+    /// - Returns: `.stopped`, or `.supervisorDied` when the supervisor stopped first.
+    /// - Throws: `CancellationError` only.
+    public func waitForShutdown() async throws -> WorkerStatus {
+        try await self.supervisor.waitForShutdown(self)
+    }
+
+    /// Waits until the worker reports readiness (a `READY=1` line on its readiness descriptor); returns its pid.
+    /// - Throws: ``SupervisorError`` ``SupervisorError/Code/notReportingReadiness`` for a worker registered
+    ///   without `reportsReadiness`, ``SupervisorError/Code/workerStopped`` when its process ended first,
+    ///   ``SupervisorError/Code/supervisorStopped``, or `CancellationError`.
+    public func waitForReady() async throws -> Int32 {
+        try await self.supervisor.waitForReady(self)
+    }
+
+    /// Terminates the worker (`TerminateBackgroundWorker`): SIGTERM to its process group, SIGKILL after its
+    /// grace period, never restarted. A worker that is not running is unregistered at once. A stale handle's
+    /// terminate does nothing.
+    public func terminate() async {
+        await self.supervisor.terminate(self)
+    }
+
+    /// Clears a "gave up" state: the worker is started again with a fresh restart budget. Does nothing otherwise.
+    public func resetRestartBudget() async {
+        await self.supervisor.resetRestartBudget(self)
+    }
+}

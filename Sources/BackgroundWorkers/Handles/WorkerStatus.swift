@@ -1,0 +1,109 @@
+import UVConcurrency
+
+/// A worker's status as PostgreSQL reports it (`BgwHandleStatus`).
+public enum WorkerStatus: Hashable, Sendable, CustomStringConvertible {
+    /// `BGWH_NOT_YET_STARTED`: registered, no process yet (waiting for its start phase, or for a spawn retry).
+    case notYetStarted
+    /// `BGWH_STARTED`: a process with this pid exists. Not necessarily ready.
+    case started(pid: Int32)
+    /// `BGWH_STOPPED`: no process now, either between restarts or for good (the detail tells which), or a
+    /// stale handle.
+    case stopped
+    /// `BGWH_POSTMASTER_DIED`: the supervisor is gone.
+    case supervisorDied
+
+    /// A short description.
+    public var description: String {
+        switch self {
+        case .notYetStarted: "not yet started"
+        case .started(let pid): "started (pid \(pid))"
+        case .stopped: "stopped"
+        case .supervisorDied: "supervisor died"
+        }
+    }
+}
+
+/// How a worker's exit was judged. A struct over a private enum, so that causes can be added.
+public struct UnregisterReason: Hashable, Sendable, CustomStringConvertible {
+    private enum Base: Hashable, Sendable {
+        case completed
+        case noRestart
+        case terminated
+        case spawnFailed(UVError)
+        case crashReset
+        case shutdown
+        case replaced
+    }
+
+    private let base: Base
+    private init(_ base: Base) { self.base = base }
+
+    /// It exited with code 0.
+    public static let completed = UnregisterReason(.completed)
+    /// It exited with code 1 (or crashed, without shared memory) and its restart interval is never.
+    public static let noRestart = UnregisterReason(.noRestart)
+    /// A handle terminated it.
+    public static let terminated = UnregisterReason(.terminated)
+    /// It could not be started: a permanent spawn error, or a transient one for a never-restart worker.
+    public static func spawnFailed(_ error: UVError) -> UnregisterReason { UnregisterReason(.spawnFailed(error)) }
+    /// A crash reset forgot it (a never-restart worker with shared memory).
+    public static let crashReset = UnregisterReason(.crashReset)
+    /// The supervisor shut down.
+    public static let shutdown = UnregisterReason(.shutdown)
+    /// The handle is stale: its slot was reused, and how this worker ended is no longer known.
+    public static let replaced = UnregisterReason(.replaced)
+
+    /// The spawn error, for ``spawnFailed(_:)``.
+    public var spawnError: UVError? {
+        if case .spawnFailed(let error) = self.base { return error }
+        return nil
+    }
+
+    /// A short explanation.
+    public var description: String {
+        switch self.base {
+        case .completed: "exited with code 0"
+        case .noRestart: "exited and is never restarted"
+        case .terminated: "terminated"
+        case .spawnFailed(let error): "could not be started: \(error)"
+        case .crashReset: "forgotten by a crash reset"
+        case .shutdown: "the supervisor shut down"
+        case .replaced: "stale handle: the slot was reused"
+        }
+    }
+}
+
+/// Everything the supervisor knows of a worker's state, beyond the four PostgreSQL values.
+public enum WorkerStatusDetail: Hashable, Sendable, CustomStringConvertible {
+    /// Waiting for the supervisor to reach the worker's start phase.
+    case waitingForStartPhase
+    /// Waiting for a crash reset to finish.
+    case waitingForCrashReset
+    /// Running; `ready` once it reported readiness.
+    case running(pid: Int32, ready: Bool)
+    /// Asked to stop (terminate or shutdown); SIGKILL follows after the grace period.
+    case stopping(pid: Int32)
+    /// Exited (or failed to spawn) and will be restarted after `after`, counted from the reap.
+    case restartScheduled(after: Duration, lastExit: UVExitStatus?, spawnError: UVError?)
+    /// Its restart budget ran out: it stays stopped until ``BackgroundWorkerHandle/resetRestartBudget()``.
+    case gaveUp(lastExit: UVExitStatus, restarts: Int, window: Duration)
+    /// Gone, its slot freed.
+    case unregistered(UnregisterReason, lastExit: UVExitStatus?)
+    /// The supervisor stopped.
+    case supervisorStopped
+
+    /// A short description.
+    public var description: String {
+        switch self {
+        case .waitingForStartPhase: "waiting for its start phase"
+        case .waitingForCrashReset: "waiting for a crash reset to finish"
+        case .running(let pid, let ready): "running (pid \(pid))\(ready ? ", ready" : "")"
+        case .stopping(let pid): "stopping (pid \(pid))"
+        case .restartScheduled(let after, let exit, let error):
+            "restarting \(after) after \(exit.map { "it \($0)" } ?? error.map { "\($0)" } ?? "its exit")"
+        case .gaveUp(let exit, let restarts, let window): "gave up after \(restarts) restarts in \(window); last \(exit)"
+        case .unregistered(let reason, let exit): "unregistered: \(reason)\(exit.map { " (\($0))" } ?? "")"
+        case .supervisorStopped: "the supervisor stopped"
+        }
+    }
+}

@@ -1,0 +1,40 @@
+import Logging
+
+extension WorkerSupervisor {
+    /// The supervisor's settings, with defaults. PostgreSQL's GUCs where one exists.
+    public struct Configuration: Sendable {
+        /// The number of worker slots (`max_worker_processes`), shared by static and dynamic workers. Default 8.
+        public var maxWorkerProcesses: Int = 8
+        /// An optional step run by ``WorkerSupervisor/run()`` before the later start phases (for example
+        /// migrations). It calls ``StartupProgress/reportConsistent()`` when the state is consistent, and
+        /// returns when recovery is finished. Without one, every phase is reached at once.
+        public var startupStep: (@Sendable (StartupProgress) async throws -> Void)?
+        /// Keep never-restart static workers across a crash reset (PostgreSQL forgets them). Default false.
+        public var keepStaticWorkersAcrossCrashReset: Bool = false
+        /// How long immediate shutdown and a crash reset wait after SIGQUIT before SIGKILL. Default 5 s.
+        public var quitGracePeriod: Duration = .seconds(5)
+        /// How many undelivered events each ``WorkerSupervisor/events()`` sequence holds. Default 1,024.
+        public var eventBufferSize: Int = 1024
+        /// The clock for restart intervals, backoff and grace periods; tests pass a manual clock.
+        public var clock: any Clock<Duration> = ContinuousClock()
+        /// The logger; each line carries the worker's name, slot and pid as metadata.
+        public var logger = Logger(label: "BackgroundWorkers")
+        /// A random number in 0..<1, for backoff jitter; tests pass a fixed one.
+        public var random: @Sendable () -> Double = { Double.random(in: 0..<1) }
+        /// The name of the supervisor's event-loop thread.
+        public var loopName = "bgworker-supervisor"
+
+        /// The defaults.
+        public init() {}
+    }
+
+    /// Handed to the startup step, to report progress through the start phases.
+    public struct StartupProgress: Sendable {
+        let supervisor: WorkerSupervisor
+
+        /// The state is consistent: workers with ``BackgroundWorkerContract/BackgroundWorker/StartTime/consistentState`` start.
+        public func reportConsistent() async {
+            await self.supervisor.reachPhase(.consistentState)
+        }
+    }
+}

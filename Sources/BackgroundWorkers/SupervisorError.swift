@@ -1,0 +1,81 @@
+import BackgroundWorkerContract
+import UVConcurrency
+
+/// The one error type of `BackgroundWorkers`: what was refused or what ended a wait, with a sentence a person
+/// can act on. A worker's non-zero exit is a result (``WorkerStatusDetail``), never this error.
+public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What happened. A struct over a private enum, so codes can be added without breaking callers.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: Hashable, Sendable {
+            case invalidRegistration
+            case noFreeSlot
+            case shuttingDown
+            case notifyPIDRefused
+            case workerStopped
+            case supervisorStopped
+            case notReportingReadiness
+            case alreadyRunning
+            case startupFailed
+            case loopFailed
+        }
+
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// The registration broke a rule; ``SupervisorError/registrationError`` says which.
+        public static let invalidRegistration = Code(.invalidRegistration)
+        /// Every slot is taken (`max_worker_processes`); PostgreSQL returns `false` here.
+        public static let noFreeSlot = Code(.noFreeSlot)
+        /// The supervisor is shutting down or stopped and takes no new registrations.
+        public static let shuttingDown = Code(.shuttingDown)
+        /// The notify pid is neither the supervisor's own process nor one of its live workers.
+        public static let notifyPIDRefused = Code(.notifyPIDRefused)
+        /// The worker stopped (or was never started) before the awaited state; ``SupervisorError/detail`` says how.
+        public static let workerStopped = Code(.workerStopped)
+        /// The supervisor stopped before the awaited state.
+        public static let supervisorStopped = Code(.supervisorStopped)
+        /// `waitForReady()` on a worker registered without `reportsReadiness`.
+        public static let notReportingReadiness = Code(.notReportingReadiness)
+        /// `run()` was called on a supervisor that already ran.
+        public static let alreadyRunning = Code(.alreadyRunning)
+        /// The startup step threw; the supervisor shut down.
+        public static let startupFailed = Code(.startupFailed)
+        /// The event loop could not be created or closed.
+        public static let loopFailed = Code(.loopFailed)
+
+        /// The code's name.
+        public var description: String {
+            switch self.base {
+            case .invalidRegistration: "invalidRegistration"
+            case .noFreeSlot: "noFreeSlot"
+            case .shuttingDown: "shuttingDown"
+            case .notifyPIDRefused: "notifyPIDRefused"
+            case .workerStopped: "workerStopped"
+            case .supervisorStopped: "supervisorStopped"
+            case .notReportingReadiness: "notReportingReadiness"
+            case .alreadyRunning: "alreadyRunning"
+            case .startupFailed: "startupFailed"
+            case .loopFailed: "loopFailed"
+            }
+        }
+    }
+
+    /// What happened.
+    public let code: Code
+    /// A sentence naming the values involved and what to do.
+    public let message: String
+    /// For ``Code/invalidRegistration``: the broken rule.
+    public let registrationError: RegistrationError?
+    /// For ``Code/workerStopped``: how the worker stopped.
+    public let detail: WorkerStatusDetail?
+
+    init(_ code: Code, _ message: String, registrationError: RegistrationError? = nil, detail: WorkerStatusDetail? = nil) {
+        self.code = code
+        self.message = message
+        self.registrationError = registrationError
+        self.detail = detail
+    }
+
+    /// `code: message`.
+    public var description: String { "\(self.code): \(self.message)" }
+}
