@@ -58,8 +58,9 @@ public struct BackgroundWorkerHandle: Sendable, Hashable, CustomStringConvertibl
     }
 
     /// Waits until the worker reports readiness (a `READY=1` line on its readiness descriptor); returns its pid.
+    /// A worker that exits and will be restarted is waited for through the restart.
     /// - Throws: ``SupervisorError`` ``SupervisorError/Code/notReportingReadiness`` for a worker registered
-    ///   without `reportsReadiness`, ``SupervisorError/Code/workerStopped`` when its process ended first,
+    ///   without `reportsReadiness`, ``SupervisorError/Code/workerStopped`` when it was unregistered or gave up,
     ///   ``SupervisorError/Code/supervisorStopped``, or `CancellationError`.
     public func waitForReady() async throws -> Int32 {
         try await self.supervisor.waitForReady(self)

@@ -191,11 +191,14 @@ extension WorkerSupervisor {
         self.finishStoppingIfIdle()
     }
 
-    /// Wakes the waiters and the notify pid after an exit that keeps the worker registered.
+    /// Wakes the waiters and the notify pid after an exit that keeps the worker registered. Readiness waiters
+    /// keep waiting for the restarted process, unless the worker gave up.
     private func notifyExit(_ worker: ManagedWorker) {
         self.notify(worker.notifyPID)
         worker.shutdownWaiters.resumeAll(with: .success(.stopped))
-        worker.readyWaiters.resumeAll(with: .failure(self.stoppedError(worker)))
+        if worker.gaveUp {
+            worker.readyWaiters.resumeAll(with: .failure(self.stoppedError(worker)))
+        }
     }
 
     func stoppedError(_ worker: ManagedWorker) -> SupervisorError {
@@ -283,7 +286,6 @@ extension WorkerSupervisor {
         self.crashReset?.remaining.remove(ObjectIdentifier(crashed))
         self.notify(crashed.notifyPID)
         crashed.shutdownWaiters.resumeAll(with: .success(.stopped))
-        crashed.readyWaiters.resumeAll(with: .failure(self.stoppedError(crashed)))
         self.finishCrashResetIfDone()
     }
 

@@ -15,7 +15,12 @@ extension WorkerSupervisor: Service {
     /// - Throws: ``SupervisorError`` with ``SupervisorError/Code/alreadyRunning`` when called twice, or
     ///   ``SupervisorError/Code/startupFailed`` when the startup step threw (the workers were stopped first).
     public func run() async throws {
-        try self.beginRunning()
+        guard try self.beginRunning() else {
+            // Shut down before it ran: nothing to run.
+            await self.waitUntilStopped()
+            try? await self.loop.shutdown()
+            return
+        }
         let loop = self.loop
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
@@ -32,8 +37,16 @@ extension WorkerSupervisor: Service {
         }
     }
 
-    func beginRunning() throws(SupervisorError) {
-        guard case .idle = self.runState else {
+    /// Starts running; false when the supervisor was shut down before it ever ran.
+    @discardableResult
+    func beginRunning() throws(SupervisorError) -> Bool {
+        switch self.runState {
+        case .idle:
+            break
+        case .stopping, .stopped:
+            if self.phase == nil { return false }
+            throw SupervisorError(.alreadyRunning, "run() was called on a supervisor that already ran")
+        case .running:
             throw SupervisorError(.alreadyRunning, "run() was called on a supervisor that already ran")
         }
         self.runState = .running
@@ -51,6 +64,7 @@ extension WorkerSupervisor: Service {
         } else {
             self.reachPhase(.recoveryFinished)
         }
+        return true
     }
 
     private func startupStepFailed(_ error: any Error) {

@@ -95,7 +95,7 @@ extension WorkerSupervisor {
                 )
             }
             if worker.ready, let process = worker.process { return process.pid }
-            if worker.process == nil && (worker.hasEverStarted || worker.gaveUp) { throw self.stoppedError(worker) }
+            if worker.gaveUp { throw self.stoppedError(worker) }
             return nil
         } add: { worker, token, continuation in
             worker.readyWaiters.add(token, continuation)

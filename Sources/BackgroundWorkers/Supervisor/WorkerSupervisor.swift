@@ -1,7 +1,7 @@
 @_exported import BackgroundWorkerContract
 import Logging
 import Metrics
-import UVConcurrency
+@_exported import UVConcurrency
 
 #if canImport(Glibc)
 import Glibc

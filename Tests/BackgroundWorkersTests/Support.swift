@@ -1,0 +1,250 @@
+import BackgroundWorkers
+import CWorkerSupport
+import Synchronization
+import Testing
+import UVConcurrency
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every suite here spawns real workers and sends process-wide signals: one test at a time.
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct SupervisorTests {}
+
+/// A worker running a shell script. The script sees the worker contract (BGW_* variables, descriptors 3 and 4).
+func shellWorker(_ name: String, _ script: String) -> BackgroundWorker {
+    var worker = BackgroundWorker(name: name, entryPoint: .executable("/bin/sh", arguments: ["-c", script]))
+    worker.restartInterval = .never
+    worker.stopGracePeriod = .seconds(5)
+    return worker
+}
+
+/// Scripts for test workers.
+enum Script {
+    /// Runs until signalled.
+    static let sleepForever = "exec sleep 1000"
+    /// Reports readiness, then runs until signalled.
+    static let readyThenSleep = "echo READY=1 >&4; exec sleep 1000"
+    /// Ignores SIGTERM (its `sleep` children too): only SIGKILL stops it.
+    static let ignoreTerm = "trap '' TERM; echo READY=1 >&4; while :; do sleep 1; done"
+    /// Exits 1 on SIGTERM, as a worker using the runtime does (PostgreSQL's bgworker_die).
+    static let exitOneOnTerm = "trap 'exit 1' TERM; echo READY=1 >&4; while :; do sleep 1 & wait $!; done"
+    /// Dies by SIGSEGV.
+    static let crash = "kill -SEGV $$"
+    static func exit(_ code: Int) -> String { "exit \(code)" }
+}
+
+/// A supervisor with a configuration suited to tests: quiet, a manual clock where asked.
+func withSupervisor(
+    slots: Int = 8,
+    clock: (any Clock<Duration>)? = nil,
+    configure: (inout WorkerSupervisor.Configuration) -> Void = { _ in },
+    _ body: (WorkerSupervisor) async throws -> Void
+) async throws {
+    var configuration = WorkerSupervisor.Configuration()
+    configuration.maxWorkerProcesses = slots
+    configuration.random = { 0.5 }
+    if let clock { configuration.clock = clock }
+    configure(&configuration)
+    try await withWorkerSupervisor(configuration: configuration) { supervisor in
+        try await body(supervisor)
+    }
+}
+
+/// Counts SIGUSR1 wake-ups of this process, through a UVEventLoop of the test's own.
+final class WakeUps: Sendable {
+    let loop: UVEventLoop
+    let sequence: UVSignalSequence
+
+    init() async throws {
+        self.loop = try UVEventLoop(name: "test-usr1")
+        self.sequence = try await self.loop.signals(.user1)
+    }
+
+    /// Waits for the next wake-up (signals coalesce: one or more arrived).
+    func next() async -> Bool {
+        var iterator = self.sequence.makeAsyncIterator()
+        return await iterator.next() != nil
+    }
+
+    func close() async throws {
+        try await self.loop.shutdown()
+    }
+}
+
+/// Collects a supervisor's events from the moment it is created.
+final class EventLog: Sendable {
+    private struct State {
+        var events: [WorkerEvent] = []
+        var waiters: [(matches: @Sendable (WorkerEvent) -> Bool, continuation: CheckedContinuation<WorkerEvent, Never>)] = []
+    }
+
+    private let state = Mutex(State())
+
+    init(_ supervisor: WorkerSupervisor) async {
+        let sequence = await supervisor.events()
+        Task {
+            for await event in sequence { self.append(event) }
+        }
+    }
+
+    private func append(_ event: WorkerEvent) {
+        let ready = self.state.withLock { state -> [CheckedContinuation<WorkerEvent, Never>] in
+            state.events.append(event)
+            let ready = state.waiters.filter { $0.matches(event) }.map(\.continuation)
+            state.waiters.removeAll { $0.matches(event) }
+            return ready
+        }
+        for continuation in ready { continuation.resume(returning: event) }
+    }
+
+    var all: [WorkerEvent] { self.state.withLock { $0.events } }
+
+    /// The first event, past or future, that matches.
+    func first(where matches: @escaping @Sendable (WorkerEvent) -> Bool) async -> WorkerEvent {
+        await withCheckedContinuation { continuation in
+            let past = self.state.withLock { state -> WorkerEvent? in
+                if let event = state.events.first(where: matches) { return event }
+                state.waiters.append((matches, continuation))
+                return nil
+            }
+            if let past { continuation.resume(returning: past) }
+        }
+    }
+
+    /// The pid of the first start of `name` other than `excluded`.
+    func startedPid(of name: String, other excluded: Int32? = nil) async -> Int32 {
+        let event = await self.first { event in
+            guard event.name == name, case .started(let pid) = event.kind else { return false }
+            return pid != excluded
+        }
+        guard case .started(let pid) = event.kind else { return -1 }
+        return pid
+    }
+
+    func kinds(of name: String) -> [WorkerEvent.Kind] {
+        self.all.filter { $0.name == name }.map(\.kind)
+    }
+}
+
+/// A clock that only moves when a test says so.
+final class ManualClock: Clock, @unchecked Sendable {
+    // @unchecked Sendable: all state is behind `state`'s lock.
+    struct Instant: InstantProtocol, Hashable {
+        var offset: Duration
+        func advanced(by duration: Duration) -> Instant { Instant(offset: self.offset + duration) }
+        func duration(to other: Instant) -> Duration { other.offset - self.offset }
+        static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
+    }
+
+    private struct Sleeper {
+        let id: UInt64
+        let deadline: Instant
+        let continuation: CheckedContinuation<Void, any Error>
+    }
+
+    private struct State {
+        var now = Instant(offset: .zero)
+        var sleepers: [Sleeper] = []
+        var nextID: UInt64 = 0
+        var sleeperWaiters: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+    }
+
+    private let state = Mutex(State())
+
+    var now: Instant { self.state.withLock { $0.now } }
+    var minimumResolution: Duration { .zero }
+
+    func sleep(until deadline: Instant, tolerance: Duration?) async throws {
+        let id = self.state.withLock { state -> UInt64 in
+            state.nextID += 1
+            return state.nextID
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let (resumeNow, ready) = self.state.withLock { state -> (Bool, [CheckedContinuation<Void, Never>]) in
+                    if deadline <= state.now { return (true, []) }
+                    state.sleepers.append(Sleeper(id: id, deadline: deadline, continuation: continuation))
+                    let count = state.sleepers.count
+                    let ready = state.sleeperWaiters.filter { count >= $0.count }.map(\.continuation)
+                    state.sleeperWaiters.removeAll { count >= $0.count }
+                    return (false, ready)
+                }
+                if resumeNow { continuation.resume() }
+                for waiter in ready { waiter.resume() }
+            }
+        } onCancel: {
+            let sleeper = self.state.withLock { state -> Sleeper? in
+                guard let index = state.sleepers.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.sleepers.remove(at: index)
+            }
+            sleeper?.continuation.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Waits until at least `count` sleepers are waiting on this clock.
+    func waitForSleepers(_ count: Int) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = self.state.withLock { state -> Bool in
+                if state.sleepers.count >= count { return true }
+                state.sleeperWaiters.append((count, continuation))
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// The deadlines of the current sleepers, relative to now.
+    var pendingDelays: [Duration] {
+        self.state.withLock { state in state.sleepers.map { state.now.duration(to: $0.deadline) } }
+    }
+
+    /// Moves time forward and wakes every sleeper that is due.
+    func advance(by duration: Duration) {
+        let due = self.state.withLock { state -> [Sleeper] in
+            state.now = state.now.advanced(by: duration)
+            let due = state.sleepers.filter { $0.deadline <= state.now }
+            state.sleepers.removeAll { $0.deadline <= state.now }
+            return due
+        }
+        for sleeper in due { sleeper.continuation.resume() }
+    }
+}
+
+/// The zombie children of this process among `pids`, from `/proc`.
+func zombies(among pids: [Int32]) -> [Int32] {
+    let me = getpid()
+    return pids.filter { pid in
+        guard let file = fopen("/proc/\(pid)/stat", "re") else { return false }
+        defer { fclose(file) }
+        var buffer = [CChar](repeating: 0, count: 512)
+        guard fgets(&buffer, 512, file) != nil else { return false }
+        let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let close = line.lastIndex(of: ")") else { return false }
+        let fields = line[line.index(after: close)...].split(separator: " ")
+        return fields.count >= 2 && fields[0] == "Z" && Int32(fields[1]) == me
+    }
+}
+
+/// Whether a process with this pid exists (a zombie counts).
+func processExists(_ pid: Int32) -> Bool {
+    kill(pid, 0) == 0 || errno == EPERM
+}
+
+/// The number of open descriptors of this process.
+func openDescriptorCount() -> Int {
+    var count = 0
+    for fd in Int32(0)..<4096 where cws_is_cloexec(fd) >= 0 { count += 1 }
+    return count
+}
+
+/// The error a registration is refused with, or nil when it was accepted.
+func refusal(_ supervisor: WorkerSupervisor, _ worker: BackgroundWorker) async -> SupervisorError? {
+    do {
+        _ = try await supervisor.register(worker)
+        return nil
+    } catch {
+        return error
+    }
+}
