@@ -78,6 +78,7 @@ let package = Package(
                 "BackgroundWorkerContract",
                 "UVConcurrency",
                 "CWorkerSupport",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings

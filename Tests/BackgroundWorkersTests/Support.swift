@@ -248,3 +248,46 @@ func refusal(_ supervisor: WorkerSupervisor, _ worker: BackgroundWorker) async -
         return error
     }
 }
+
+/// Proves that every process of a worker's group died: the worker opens a FIFO as descriptor 5 before it
+/// starts children, everything it starts inherits it, and the FIFO reaches end of file only when the last of
+/// them is gone.
+final class GroupProbe: Sendable {
+    let path: String
+    let readEnd: Int32
+
+    init() throws {
+        self.path = "/tmp/bgw-probe-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        guard mkfifo(self.path, 0o600) == 0 else { throw SupervisorError.probe("mkfifo \(self.path): errno \(errno)") }
+        self.readEnd = open(self.path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard self.readEnd >= 0 else { throw SupervisorError.probe("open \(self.path): errno \(errno)") }
+    }
+
+    /// A script prefix that holds the FIFO open in the worker and everything it starts.
+    var prefix: String { "exec 5>\(self.path); " }
+
+    /// Waits until every holder of the FIFO's write end is gone. Call once the worker reported readiness.
+    func awaitAllGone() async throws -> UVLineReader.EndReason {
+        let loop = try UVEventLoop(name: "probe")
+        let fd = self.readEnd
+        let reason: UVLineReader.EndReason = try await withCheckedThrowingContinuation { done in
+            loop.execute {
+                do {
+                    _ = try loop.readLines(from: fd, onLine: { _ in }, onEnd: { done.resume(returning: $0) })
+                } catch {
+                    done.resume(throwing: error)
+                }
+            }
+        }
+        try await loop.shutdown()
+        unlink(self.path)
+        return reason
+    }
+}
+
+extension SupervisorError {
+    static func probe(_ message: String) -> any Error {
+        struct ProbeError: Error, CustomStringConvertible { let description: String }
+        return ProbeError(description: message)
+    }
+}

@@ -351,6 +351,29 @@ extension UVConcurrencyTests {
             }
         }
 
+        @Test("jobs queued in the same batch as the shutdown run exactly once")
+        func jobsBatchedWithShutdownRunOnce() async throws {
+            for _ in 0..<20 {
+                let loop = try UVEventLoop(name: "batched")
+                let release = Atomic(false)
+                let counts = Mutex([Int](repeating: 0, count: 100))
+                // Hold the loop in a job while the shutdown and 100 more jobs queue up behind it, so that they are
+                // drained as one batch.
+                loop.execute {
+                    while !release.load(ordering: .acquiring) {}
+                }
+                let stopper = Task.detached { try loop.syncShutdown() }
+                while loop.isAcceptingWork {}  // the shutdown job is being enqueued
+                for index in 0..<100 {
+                    loop.execute { counts.withLock { $0[index] += 1 } }
+                }
+                release.store(true, ordering: .releasing)
+                try await stopper.value
+                _ = try await loop.submit { 0 }  // after shutdown: runs on the fallback thread, after the others
+                #expect(counts.withLock { $0 } == [Int](repeating: 1, count: 100))
+            }
+        }
+
         @Test("an exit is reported while the loop is busy with other jobs")
         func readLinesAndEndOfFile() async throws {
             try await withLoop { loop async throws in

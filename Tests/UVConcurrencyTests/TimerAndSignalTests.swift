@@ -1,4 +1,5 @@
 import CWorkerSupport
+import Synchronization
 import Testing
 import UVConcurrency
 
@@ -97,14 +98,22 @@ extension UVConcurrencyTests {
         func sigusr1ReachesWatchers() async throws {
             try await withLoop { loop async throws in
                 let sequence = try await loop.signals(.user1)
-                let callbackCount = Collector<Int>()
-                let watcher = try await loop.submit { try loop.watchSignal(.user1) { callbackCount.append(1) } }
-                kill(getpid(), SIGUSR1)
+                let calledBack = Mutex<CheckedContinuation<Void, Never>?>(nil)
+                let watcher = try await loop.submit {
+                    try loop.watchSignal(.user1) {
+                        calledBack.withLock { continuation in
+                            continuation?.resume()
+                            continuation = nil
+                        }
+                    }
+                }
+                // Both must see it: the callback resumes this wait, the sequence yields an element.
+                await withCheckedContinuation { continuation in
+                    calledBack.withLock { $0 = continuation }
+                    kill(getpid(), SIGUSR1)
+                }
                 var iterator = sequence.makeAsyncIterator()
                 #expect(await iterator.next() == .user1)
-                // The callback ran in the same loop turn as the sequence's yield, or an earlier one.
-                _ = try await loop.submit { 0 }
-                #expect(callbackCount.all.count >= 1)
                 try await loop.submit { watcher.cancel() }
             }
         }

@@ -56,6 +56,8 @@ public final class UVEventLoop: @unchecked Sendable {
     let queue = Mutex(WorkQueue())
     /// Loop-thread only: the buffer being run while enqueuers fill the other one.
     private var running: [LoopWork] = []
+    /// Loop-thread only: a drain is under way (a job that triggers another drain must not re-run `running`).
+    private var isDraining = false
     private let lifecycle = Atomic<UInt8>(Lifecycle.running.rawValue)
     /// Set by every enqueue, cleared by every drain: lets the idle spin watch the queue without the lock.
     private let workHint = Atomic<Bool>(false)
@@ -249,6 +251,11 @@ public final class UVEventLoop: @unchecked Sendable {
     /// Runs every job queued so far, and the jobs they enqueue, until the queue is empty. With
     /// `sleepWhenEmpty`, marks the loop as about to sleep in the same critical section that finds it empty.
     private func drain(sleepWhenEmpty: Bool) {
+        // Re-entered from a job (shutdown closes handles from inside a job): the outer drain goes on with
+        // whatever is queued; draining here would swap `running` while it is being iterated and run jobs twice.
+        if self.isDraining { return }
+        self.isDraining = true
+        defer { self.isDraining = false }
         while true {
             let hasWork = self.queue.withLock { queue -> Bool in
                 if queue.jobs.isEmpty {

@@ -1,0 +1,192 @@
+import BackgroundWorkers
+import Logging
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension SupervisorTests {
+    @Suite("Contract, readiness, events, integration")
+    struct BeyondTests {
+        @Test("a worker receives its registration through the contract's variables (PG-27, MyBgworkerEntry's data)")
+        func contractEnvironment() async throws {
+            try await withSupervisor { supervisor in
+                let check = #"""
+                    [ "$BGW_NAME" = "contract ✓" ] && [ "$BGW_TYPE" = "checker" ] && [ "$BGW_SLOT" = 0 ] && \
+                    [ "$BGW_GENERATION" = 1 ] && [ "$BGW_MAIN_ARG" = 18446744073709551615 ] && \
+                    [ "$BGW_EXTRA" = "00ff10" ] && [ "$BGW_FLAGS" = 1 ] && [ "$BGW_SUPERVISOR_PID" = "\#(getpid())" ] && \
+                    [ "$BGW_ALIVE_FD" = 3 ] && [ "$BGW_READY_FD" = 4 ] && [ "$EXTRA_VAR" = "from-entry" ] && \
+                    [ "$0" = "contract ✓" ] || exit 3
+                    echo READY=1 >&4; exec sleep 1000
+                    """#
+                var worker = BackgroundWorker(
+                    name: "contract ✓",
+                    entryPoint: .executable("/bin/sh", arguments: ["-c", check], environment: ["EXTRA_VAR": "from-entry"])
+                )
+                worker.type = "checker"
+                worker.flags = [.sharedMemoryAccess]
+                worker.mainArgument = .max
+                worker.extra = [0x00, 0xff, 0x10]
+                worker.restartInterval = .never
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                let pid = try await handle.waitForReady()
+                #expect(await handle.detail == .running(pid: pid, ready: true))
+            }
+        }
+
+        @Test("the supervisor-alive pipe is descriptor 3 in every worker, open and empty while the supervisor lives")
+        func alivePipeIsInherited() async throws {
+            try await withSupervisor { supervisor in
+                let probe = """
+                    import os, fcntl, stat
+                    fd = int(os.environ["BGW_ALIVE_FD"])
+                    assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+                    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)
+                    try:
+                        os.read(fd, 1)
+                        raise SystemExit(3)   # data or end of file: the supervisor's end is not held
+                    except BlockingIOError:
+                        os.write(int(os.environ["BGW_READY_FD"]), b"READY=1\\n")
+                    os.read(0, 1) if False else __import__("time").sleep(1000)
+                    """
+                var worker = BackgroundWorker(name: "alive", entryPoint: .executable("/usr/bin/env", arguments: ["python3", "-c", probe]))
+                worker.restartInterval = .never
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                _ = try await handle.waitForReady()
+            }
+        }
+
+        @Test("waitForReady means the worker said READY=1; a worker without readiness is told to await startup")
+        func readiness() async throws {
+            try await withSupervisor { supervisor in
+                let gate = try UVPipePair()
+                defer { gate.close() }
+                // Ready only once the test writes to the gate: readiness cannot be racy or implied by the spawn.
+                var worker = shellWorker("gated", "read line < /proc/\(getpid())/fd/\(gate.readEnd); echo READY=1 >&4; exec sleep 1000")
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                let pid = try await handle.waitForStartup()
+                #expect(await handle.detail == .running(pid: pid, ready: false))
+                let ready = Task { try await handle.waitForReady() }
+                _ = write(gate.writeEnd, "go\n", 3)
+                #expect(try await ready.value == pid)
+
+                let plain = try await supervisor.register(shellWorker("plain", Script.sleepForever))
+                do {
+                    _ = try await plain.waitForReady()
+                    Issue.record("waitForReady succeeded without readiness")
+                } catch let error as SupervisorError {
+                    #expect(error.code == .notReportingReadiness)
+                }
+            }
+        }
+
+        @Test("the event sequence tells a worker's life in order")
+        func events() async throws {
+            try await withSupervisor { supervisor in
+                let log = await EventLog(supervisor)
+                var worker = shellWorker("eventful", Script.exit(1))
+                worker.restartInterval = .seconds(0)
+                worker.restartBudget = .init(maxRestarts: 1, window: .seconds(3600))
+                let handle = try await supervisor.register(worker)
+                _ = await log.first { $0.name == "eventful" && $0.kind == .gaveUp }
+                await handle.terminate()
+                _ = await log.first { event in
+                    if case .unregistered = event.kind { return event.name == "eventful" }
+                    return false
+                }
+                let kinds = log.kinds(of: "eventful").map { kind -> String in
+                    switch kind {
+                    case .registered: "registered"
+                    case .started: "started"
+                    case .exited(_, let status): "exited \(status)"
+                    case .restartScheduled(let after): "restart after \(after)"
+                    case .gaveUp: "gave up"
+                    case .unregistered(let reason): "unregistered: \(reason)"
+                    default: "\(kind)"
+                    }
+                }
+                #expect(kinds == [
+                    "registered", "started", "exited exited with code 1", "restart after 0.0 seconds", "started",
+                    "exited exited with code 1", "gave up", "unregistered: terminated",
+                ])
+            }
+        }
+
+        @Test("1,000 register/exit cycles leave no zombie, no open descriptor and no used slot")
+        func thousandCycles() async throws {
+            try await withSupervisor(slots: 16, configure: { $0.eventBufferSize = 10_000 }) { supervisor in
+                let log = await EventLog(supervisor)
+                // A first cycle creates what libuv creates once per loop (the /dev/null it reserves for EMFILE
+                // when the first stream is initialised).
+                var warmUpWorker = BackgroundWorker(name: "warm-up", entryPoint: .executable("/bin/true"))
+                warmUpWorker.reportsReadiness = true
+                let warmUp = try await supervisor.register(warmUpWorker)
+                _ = try await warmUp.waitForShutdown()
+                let before = openDescriptorCount()
+                for round in 0..<(1000 / 16 + 1) {
+                    var handles: [BackgroundWorkerHandle] = []
+                    for index in 0..<min(16, 1000 - round * 16) {
+                        var worker = BackgroundWorker(name: "cycle-\(round)-\(index)", entryPoint: .executable("/bin/true"))
+                        worker.reportsReadiness = index % 2 == 0  // half of them with a readiness pipe
+                        handles.append(try await supervisor.register(worker))
+                    }
+                    for handle in handles {
+                        #expect(try await handle.waitForShutdown() == .stopped)
+                    }
+                }
+                _ = await log.first { $0.name == "cycle-62-7" && $0.kind == .unregistered(.completed) }
+                let pids = log.all.compactMap { event -> Int32? in
+                    guard event.name.hasPrefix("cycle-"), case .started(let pid) = event.kind else { return nil }
+                    return pid
+                }
+                #expect(pids.count == 1000)
+                #expect(zombies(among: pids).isEmpty)
+                #expect(await supervisor.slotsInUse == 0)
+                #expect(openDescriptorCount() == before)
+            }
+        }
+
+        @Test("withWorkerSupervisor stops and reaps every worker when its body throws")
+        func scopedCleanupOnThrow() async throws {
+            struct Boom: Error {}
+            let pids = Mutex<[Int32]>([])
+            await #expect(throws: Boom.self) {
+                try await withWorkerSupervisor { supervisor in
+                    for index in 0..<3 {
+                        let handle = try await supervisor.register(shellWorker("doomed-\(index)", Script.sleepForever))
+                        let pid = try await handle.waitForStartup()
+                        pids.withLock { $0.append(pid) }
+                    }
+                    throw Boom()
+                }
+            }
+            let all = pids.withLock { $0 }
+            #expect(all.count == 3)
+            #expect(zombies(among: all).isEmpty)
+            #expect(all.allSatisfy { !processExists($0) })
+        }
+
+        @Test("as a ServiceLifecycle service, a graceful shutdown is a fast shutdown")
+        func serviceLifecycle() async throws {
+            let supervisor = try WorkerSupervisor()
+            let handle = try await supervisor.register(shellWorker("service", Script.sleepForever))
+            let group = ServiceGroup(
+                configuration: .init(services: [.init(service: supervisor)], gracefulShutdownSignals: [], logger: .init(label: "test"))
+            )
+            let running = Task { try await group.run() }
+            let pid = try await handle.waitForStartup()
+            await group.triggerGracefulShutdown()
+            try await running.value
+            #expect(await handle.status == .supervisorDied)
+            #expect(zombies(among: [pid]).isEmpty)
+            #expect(!processExists(pid))
+        }
+    }
+}
+

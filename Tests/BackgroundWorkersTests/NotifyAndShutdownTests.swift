@@ -1,0 +1,282 @@
+import BackgroundWorkers
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension SupervisorTests {
+    @Suite("Notification and waiting (PG-SEMANTICS 17–21)")
+    struct NotifyTests {
+        @Test("PG-17: the notify pid is woken at start, at every exit, and at unregistration")
+        func notifiedOnStartExitAndUnregistration() async throws {
+            let wakeUps = try await WakeUps()
+            let clock = ManualClock()
+            try await withSupervisor(clock: clock) { supervisor in
+                var worker = shellWorker("notify-me", Script.exitOneOnTerm)
+                worker.notifyPID = getpid()
+                worker.restartInterval = .seconds(1)
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                let pid = try await handle.waitForReady()
+                #expect(await wakeUps.next())  // started
+                kill(pid, SIGTERM)  // from outside: exit 1, restart scheduled
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await wakeUps.next())  // exited, although it will be restarted
+                await handle.terminate()  // not running now: unregistered at once
+                #expect(await wakeUps.next())
+                #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))
+            }
+            try await wakeUps.close()
+        }
+
+        @Test("PG-17: a registration refused at shutdown wakes its notify pid")
+        func notifiedOnRefusalAtShutdown() async throws {
+            let wakeUps = try await WakeUps()
+            try await withSupervisor { supervisor in
+                await supervisor.shutdown(.smart)
+                var worker = shellWorker("refused", Script.sleepForever)
+                worker.notifyPID = getpid()
+                #expect(await refusal(supervisor, worker)?.code == .shuttingDown)
+                #expect(await wakeUps.next())
+            }
+            try await wakeUps.close()
+        }
+
+        @Test("PG-18: notify pids must be the supervisor or one of its live workers")
+        func notifyPIDValidation() async throws {
+            let wakeUps = try await WakeUps()
+            try await withSupervisor { supervisor in
+                var worker = shellWorker("target", Script.readyThenSleep)
+                worker.reportsReadiness = true
+                let target = try await supervisor.register(worker)
+                let targetPid = try await target.waitForReady()
+
+                var pointing = shellWorker("pointing", Script.sleepForever)
+                pointing.notifyPID = targetPid
+                #expect(await refusal(supervisor, pointing) == nil)
+
+                pointing = shellWorker("self", Script.sleepForever)
+                pointing.notifyPID = getpid()
+                #expect(await refusal(supervisor, pointing) == nil)
+
+                pointing = shellWorker("stranger", Script.sleepForever)
+                pointing.notifyPID = 1  // init: alive, but not ours
+                let error = await refusal(supervisor, pointing)
+                #expect(error?.code == .notifyPIDRefused)
+                #expect(error?.message.contains("notifyPID 1") == true)
+            }
+            try await wakeUps.close()
+        }
+
+        @Test("PG-19: when a notifiable worker exits, notify pids pointing at it are cleared and its dependants keep running")
+        func notifyPIDClearedWhenTargetExits() async throws {
+            try await withSupervisor { supervisor in
+                var worker = shellWorker("target", Script.readyThenSleep)
+                worker.reportsReadiness = true
+                let target = try await supervisor.register(worker)
+                let targetPid = try await target.waitForReady()
+                var dependant = shellWorker("dependant", Script.sleepForever)
+                dependant.notifyPID = targetPid
+                let dependantHandle = try await supervisor.register(dependant)
+                let dependantPid = try await dependantHandle.waitForStartup()
+                await target.terminate()
+                #expect(try await target.waitForShutdown() == .stopped)
+                // Still running, and a later exit signals nobody (the target's pid may be reused).
+                #expect(await dependantHandle.status == .started(pid: dependantPid))
+                // A new worker can no longer name the dead pid.
+                var late = shellWorker("late", Script.sleepForever)
+                late.notifyPID = targetPid
+                #expect(await refusal(supervisor, late)?.code == .notifyPIDRefused)
+            }
+        }
+
+        @Test("PG-20: the four statuses, and a detail that tells 'will restart' from 'gone'")
+        func fourStatuses() async throws {
+            let clock = ManualClock()
+            let supervisor = try WorkerSupervisor(configuration: {
+                var configuration = WorkerSupervisor.Configuration()
+                configuration.clock = clock
+                return configuration
+            }())
+            var worker = shellWorker("statuses", Script.exit(1))
+            worker.restartInterval = .seconds(30)
+            let handle = try await supervisor.register(worker)
+            #expect(await handle.status == .notYetStarted)
+            let runner = Task { try await supervisor.run() }
+            #expect(try await handle.waitForShutdown() == .stopped)
+            #expect(await handle.status == .stopped)
+            guard case .restartScheduled(.seconds(30), .exited(1), nil) = await handle.detail else {
+                Issue.record("detail: \(await handle.detail)")
+                return
+            }
+            await supervisor.shutdown(.fast)
+            try await runner.value
+            #expect(await handle.status == .supervisorDied)
+            #expect(await handle.detail == .unregistered(.shutdown, lastExit: .exited(1)))
+        }
+
+        @Test("PG-21: waits resolve: startup at the first status change, shutdown at the first exit, supervisor gone")
+        func waitsResolve() async throws {
+            let supervisor = try WorkerSupervisor()
+            let sleeper = try await supervisor.register(shellWorker("sleeper", Script.sleepForever))
+            let runner = Task { try await supervisor.run() }
+            let startup = Task { try await sleeper.waitForStartup() }
+            let shutdown = Task { try await sleeper.waitForShutdown() }
+            let pid = try await startup.value
+            #expect(await sleeper.status == .started(pid: pid))
+            await supervisor.shutdown(.fast)
+            #expect(try await shutdown.value == .stopped)
+            try await runner.value
+            #expect(try await sleeper.waitForShutdown() == .supervisorDied)
+            await #expect(throws: SupervisorError.self) { _ = try await sleeper.waitForStartup() }
+        }
+
+        @Test("PG-21: cancelled waits resume once with CancellationError and leave nothing behind", arguments: [200])
+        func cancelledWaits(iterations: Int) async throws {
+            try await withSupervisor { supervisor in
+                let handle = try await supervisor.register({
+                    var worker = shellWorker("never-ready", "exec sleep 1000")
+                    worker.reportsReadiness = true
+                    return worker
+                }())
+                _ = try await handle.waitForStartup()
+                var cancelled = 0
+                for iteration in 0..<iterations {
+                    let resumes = Atomic(0)
+                    let waiter = Task {
+                        defer { resumes.add(1, ordering: .relaxed) }
+                        if iteration % 2 == 0 {
+                            _ = try await handle.waitForReady()
+                        } else {
+                            _ = try await handle.waitForShutdown()
+                        }
+                    }
+                    if iteration % 3 == 0 { await Task.yield() }
+                    waiter.cancel()
+                    if case .failure(let error) = await waiter.result {
+                        #expect(error is CancellationError)
+                        cancelled += 1
+                    }
+                    #expect(resumes.load(ordering: .relaxed) == 1)
+                }
+                #expect(cancelled == iterations)
+            }
+        }
+    }
+
+    @Suite("Terminate and shutdown (PG-SEMANTICS 22–24)")
+    struct ShutdownTests {
+        @Test("PG-22: terminate sends SIGTERM to the process group and never restarts, whatever the exit code")
+        func terminateNeverRestarts() async throws {
+            try await withSupervisor { supervisor in
+                var worker = shellWorker("terminated", Script.exitOneOnTerm)
+                worker.restartInterval = .seconds(0)
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                _ = try await handle.waitForReady()
+                await handle.terminate()
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))
+                #expect(await supervisor.slotsInUse == 0)
+            }
+        }
+
+        @Test("PG-22: an outside SIGTERM that makes the worker exit 1 restarts it")
+        func outsideSigtermRestarts() async throws {
+            try await withSupervisor { supervisor in
+                let log = await EventLog(supervisor)
+                var worker = shellWorker("outside", Script.exitOneOnTerm)
+                worker.restartInterval = .seconds(0)
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                let pid = try await handle.waitForReady()
+                kill(pid, SIGTERM)
+                let second = await log.startedPid(of: "outside", other: pid)
+                #expect(second != pid)
+            }
+        }
+
+        @Test("PG-22 (beyond): a worker that ignores SIGTERM is killed after its grace period, grandchildren too")
+        func terminateKillsAfterGrace() async throws {
+            let clock = ManualClock()
+            let probe = try GroupProbe()
+            try await withSupervisor(clock: clock) { supervisor in
+                var worker = shellWorker("stubborn", probe.prefix + Script.ignoreTerm)
+                worker.stopGracePeriod = .seconds(10)
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                let pid = try await handle.waitForReady()
+                await handle.terminate()
+                #expect(await handle.detail == .stopping(pid: pid))
+                await clock.waitForSleepers(1)
+                #expect(clock.pendingDelays == [.seconds(10)])
+                clock.advance(by: .seconds(10))
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.terminated, lastExit: .signaled(.kill)))
+                // Every process that held the probe (the worker and its `sleep` children) is gone.
+                #expect(try await probe.awaitAllGone() == .endOfFile)
+            }
+        }
+
+        @Test("PG-23: smart shutdown refuses registrations, restarts nothing, and waits for workers to exit")
+        func smartShutdown() async throws {
+            let supervisor = try WorkerSupervisor()
+            var worker = shellWorker("smart", Script.exitOneOnTerm)
+            worker.restartInterval = .seconds(0)
+            worker.reportsReadiness = true
+            let handle = try await supervisor.register(worker)
+            let runner = Task { try await supervisor.run() }
+            let pid = try await handle.waitForReady()
+            await supervisor.shutdown(.smart)
+            #expect(await refusal(supervisor, shellWorker("late", Script.sleepForever))?.code == .shuttingDown)
+            #expect(await handle.status == .started(pid: pid))  // smart: nobody is signalled
+            kill(pid, SIGTERM)  // it exits 1 by itself: no restart during shutdown (PG-24)
+            try await runner.value
+            #expect(await handle.detail == .unregistered(.shutdown, lastExit: .exited(1)))
+        }
+
+        @Test("PG-23, PG-24: fast shutdown: SIGTERM, then SIGKILL after the grace period; a stuck worker cannot hang it")
+        func fastShutdownNeverHangs() async throws {
+            let clock = ManualClock()
+            let probe = try GroupProbe()
+            var configuration = WorkerSupervisor.Configuration()
+            configuration.clock = clock
+            let supervisor = try WorkerSupervisor(configuration: configuration)
+            var stubborn = shellWorker("stubborn", probe.prefix + Script.ignoreTerm)
+            stubborn.reportsReadiness = true
+            stubborn.stopGracePeriod = .seconds(3)
+            var polite = shellWorker("polite", Script.exitOneOnTerm)
+            polite.reportsReadiness = true
+            polite.restartInterval = .seconds(0)
+            let stubbornHandle = try await supervisor.register(stubborn)
+            let politeHandle = try await supervisor.register(polite)
+            let runner = Task { try await supervisor.run() }
+            let stubbornPid = try await stubbornHandle.waitForReady()
+            _ = try await politeHandle.waitForReady()
+            await supervisor.shutdown(.fast)
+            #expect(try await politeHandle.waitForShutdown() == .stopped)
+            #expect(await politeHandle.detail == .unregistered(.shutdown, lastExit: .exited(1)))  // no restart
+            await clock.waitForSleepers(1)
+            clock.advance(by: .seconds(3))
+            try await runner.value  // returns only once every child was reaped
+            #expect(zombies(among: [stubbornPid]).isEmpty)
+            #expect(try await probe.awaitAllGone() == .endOfFile)
+        }
+
+        @Test("PG-23: immediate shutdown sends SIGQUIT")
+        func immediateShutdown() async throws {
+            let supervisor = try WorkerSupervisor()
+            let log = await EventLog(supervisor)
+            var worker = shellWorker("quit", Script.readyThenSleep)
+            worker.reportsReadiness = true
+            let handle = try await supervisor.register(worker)
+            let runner = Task { try await supervisor.run() }
+            let pid = try await handle.waitForReady()
+            await supervisor.shutdown(.immediate)
+            try await runner.value
+            #expect(log.kinds(of: "quit").contains(.exited(pid: pid, status: .signaled(.quit))))
+        }
+    }
+}
