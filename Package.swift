@@ -19,6 +19,8 @@ let package = Package(
         .library(name: "BackgroundWorkers", targets: ["BackgroundWorkers"]),
         .library(name: "BackgroundWorkerContract", targets: ["BackgroundWorkerContract"]),
         .library(name: "UVConcurrency", targets: ["UVConcurrency"]),
+        .executable(name: "supervisor-demo", targets: ["SupervisorDemo"]),
+        .executable(name: "task-group-example", targets: ["TaskGroupExample"]),
         .executable(name: "loop-demo", targets: ["LoopDemo"]),
     ],
     dependencies: [
@@ -58,6 +60,18 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "SupervisorDemo",
+            dependencies: ["BackgroundWorkers", .product(name: "Logging", package: "swift-log")],
+            path: "Examples/supervisor-demo",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "TaskGroupExample",
+            dependencies: ["BackgroundWorkers"],
+            path: "Examples/task-group",
             swiftSettings: swiftSettings
         ),
         .executableTarget(

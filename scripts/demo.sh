@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-deps.sh
-exec swift run loop-demo "$@"
+exec swift run supervisor-demo "$@"

@@ -301,6 +301,12 @@ extension WorkerSupervisor {
                 self.unregister(worker, .crashReset)
             } else if self.isStopping {
                 self.unregister(worker, .shutdown)
+            } else if self.budgetSpent(worker) {
+                // A restart budget also holds for crash resets: a worker that keeps crashing stops the storm.
+                worker.gaveUp = true
+                self.logger.error("gave up: restart budget spent", metadata: worker.metadata)
+                self.emit(worker, .gaveUp)
+                worker.readyWaiters.resumeAll(with: .failure(self.stoppedError(worker)))
             } else if self.canStart(worker) {
                 // Restartable workers come back at once, ignoring their interval.
                 worker.restartTimes.append(self.clock.now())
@@ -308,6 +314,14 @@ extension WorkerSupervisor {
                 self.start(worker)
             }
         }
+    }
+
+    /// Whether the worker's restart budget allows no further restart now.
+    private func budgetSpent(_ worker: ManagedWorker) -> Bool {
+        guard let budget = worker.registration.restartBudget else { return false }
+        let now = self.clock.now()
+        worker.restartTimes.removeAll { now - $0 > budget.window }
+        return worker.restartTimes.count >= budget.maxRestarts
     }
 
     // MARK: - Stopping workers

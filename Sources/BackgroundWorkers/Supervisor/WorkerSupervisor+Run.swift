@@ -167,8 +167,9 @@ extension WorkerSupervisor: Service {
 ///     return try await handle.waitForStartup()
 /// }
 /// ```
-public func withWorkerSupervisor<Result: Sendable>(
+public func withWorkerSupervisor<Result>(
     configuration: WorkerSupervisor.Configuration = .init(),
+    isolation: isolated (any Actor)? = #isolation,
     _ body: (WorkerSupervisor) async throws -> Result
 ) async throws -> Result {
     let supervisor = try WorkerSupervisor(configuration: configuration)

@@ -1,0 +1,90 @@
+import BackgroundWorkers
+import Logging
+
+/// The README's main job: a WorkerSupervisor running a built-in set of workers that shows the bgworker rules
+/// at work (start, readiness, a crash and the crash reset, restarts with backoff, a worker that is done), then
+/// a clean fast shutdown, on Ctrl-C or after `--seconds N` (default 8).
+@main
+struct SupervisorDemo {
+    static func main() async throws {
+        let seconds = Self.seconds(from: CommandLine.arguments) ?? 8
+        var configuration = WorkerSupervisor.Configuration()
+        configuration.maxWorkerProcesses = 8
+        configuration.logger = Logger(label: "supervisor-demo") { _ in SwiftLogNoOpLogHandler() }
+
+        try await withWorkerSupervisor(configuration: configuration) { supervisor in
+            let events = await supervisor.events()
+            let printer = Task {
+                for await event in events { print(Self.describe(event)) }
+            }
+            for worker in Self.defaultWorkers() {
+                _ = try await supervisor.register(worker)
+            }
+            print("supervisor running with \(await supervisor.slotsInUse) workers; Ctrl-C or \(seconds) s stops it")
+
+            let interrupts = try await supervisor.loop.signals(.interrupt)
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await _ in interrupts { return }
+                }
+                group.addTask {
+                    try? await Task.sleep(for: .seconds(seconds))
+                }
+                await group.next()
+                group.cancelAll()
+            }
+            print("fast shutdown: SIGTERM to every worker, SIGKILL after its grace period")
+            await supervisor.shutdown(.fast)
+            _ = await printer.result
+        }
+        print("every worker reaped; supervisor stopped cleanly")
+    }
+
+    static func defaultWorkers() -> [BackgroundWorker] {
+        func shell(_ name: String, _ script: String) -> BackgroundWorker {
+            var worker = BackgroundWorker(name: name, entryPoint: .executable("/bin/sh", arguments: ["-c", script]))
+            worker.stopGracePeriod = .seconds(2)
+            return worker
+        }
+        // Reports readiness, then works until told to stop.
+        var steady = shell("steady", "echo READY=1 >&4; while :; do sleep 1; done")
+        steady.reportsReadiness = true
+        // Shares memory with the supervisor: a crash of a peer resets it too.
+        var sharedPeer = shell("shared-peer", "echo READY=1 >&4; while :; do sleep 1; done")
+        sharedPeer.flags = [.sharedMemoryAccess]
+        sharedPeer.restartInterval = .seconds(30)
+        sharedPeer.reportsReadiness = true
+        // Crashes (SIGSEGV) after 1.5 s: every shared-memory worker is reset and comes back at once.
+        var crasher = shell("crasher", "sleep 1.5; kill -SEGV $$")
+        crasher.flags = [.sharedMemoryAccess]
+        crasher.restartInterval = .seconds(1)
+        crasher.restartBudget = .init(maxRestarts: 2, window: .seconds(60))
+        // Fails (exit 1) at once: restarted with exponential backoff, 0.25 s, 0.5 s, 1 s, 2 s.
+        var flaky = shell("flaky", "exit 1")
+        flaky.restartInterval = .seconds(0)
+        flaky.restartBackoff = .init(initial: .milliseconds(250), multiplier: 2, maximum: .seconds(2), jitter: 0)
+        // Does its job and exits 0: unregistered, never restarted.
+        let oneShot = shell("one-shot", "sleep 0.5; exit 0")
+        return [steady, sharedPeer, crasher, flaky, oneShot]
+    }
+
+    static func describe(_ event: WorkerEvent) -> String {
+        let name = event.name + String(repeating: " ", count: max(0, 12 - event.name.count))
+        switch event.kind {
+        case .registered: return "  \(name) registered in slot \(event.handle.slot)"
+        case .started(let pid): return "  \(name) started, pid \(pid)"
+        case .ready(let pid): return "  \(name) ready, pid \(pid)"
+        case .exited(let pid, let status): return "  \(name) pid \(pid) \(status)"
+        case .spawnFailed(let error): return "  \(name) could not start: \(error)"
+        case .restartScheduled(let after): return "  \(name) restart in \(after)"
+        case .gaveUp: return "  \(name) gave up: restart budget spent"
+        case .unregistered(let reason): return "  \(name) unregistered: \(reason)"
+        case .crashReset: return "  \(name) crashed: resetting every shared-memory worker"
+        }
+    }
+
+    static func seconds(from arguments: [String]) -> Int? {
+        guard let index = arguments.firstIndex(of: "--seconds"), index + 1 < arguments.count else { return nil }
+        return Int(arguments[index + 1])
+    }
+}
