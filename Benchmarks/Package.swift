@@ -13,6 +13,7 @@ let package = Package(
         .package(name: "swift-background-workers", path: "../"),
         .package(url: "https://github.com/ordo-one/package-benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
     ],
     targets: [
         // Baselines in C: posix_spawn + waitpid, and libuv's uv_spawn used directly.
@@ -40,6 +41,18 @@ let package = Package(
                 "CSpawnBaseline",
             ],
             path: "Benchmarks/Spawn",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
+        .executableTarget(
+            name: "Supervisor",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "BackgroundWorkers", package: "swift-background-workers"),
+                .product(name: "Logging", package: "swift-log"),
+                "CSpawnBaseline",
+            ],
+            path: "Benchmarks/Supervisor",
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),

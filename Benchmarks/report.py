@@ -13,6 +13,7 @@ import sys
 
 # (benchmark, baseline it is compared with, floor on the ratio or None)
 COMPARISONS = {
+    "Supervisor": [],
     "ExecutorHop": [
         ("hop: actor on a SwiftNIO EventLoop (baseline)", None, None),
         ("hop: actor on a UVEventLoop", "hop: actor on a SwiftNIO EventLoop (baseline)", 1.0),
@@ -37,7 +38,7 @@ def run(target):
 
 
 def medians(output):
-    """Maps each benchmark name to (p50 wall clock in µs, p50 mallocs)."""
+    """Maps each benchmark name to {metric: p50}, times in µs, other values in their own unit."""
     result = {}
     name = None
     for line in output.splitlines():
@@ -46,30 +47,73 @@ def medians(output):
             name = stripped
             continue
         cells = [cell.strip() for cell in stripped.strip("│").split("│")]
-        if name and len(cells) >= 4 and cells[0].startswith(("Time (wall clock)", "Malloc (total)")):
+        if not name or len(cells) < 4 or not cells[0] or cells[0] == "Metric":
+            continue
+        try:
             value = float(cells[3].replace(",", ""))
-            wall, mallocs = result.get(name, (None, None))
-            if cells[0].startswith("Time"):
-                unit = re.search(r"\((\w+)\) \*?$", cells[0])
-                scale = {"ns": 0.001, "μs": 1.0, "us": 1.0, "ms": 1000.0, "s": 1e6}.get(unit.group(1) if unit else "μs", 1.0)
-                wall = value * scale
-            else:
-                mallocs = value
-            result[name] = (wall, mallocs)
+        except ValueError:
+            continue
+        label = cells[0].rstrip(" *")
+        scale = 1.0
+        suffix = re.search(r" \((K|M)\)$", label)
+        if suffix:
+            scale = 1000.0 if suffix.group(1) == "K" else 1e6
+            label = label[: suffix.start()]
+        if label.startswith("Time (wall clock)"):
+            unit = re.search(r"\((\w+)\)$", label)
+            scale *= {"ns": 0.001, "μs": 1.0, "us": 1.0, "ms": 1000.0, "s": 1e6}.get(unit.group(1) if unit else "μs", 1.0)
+            label = "time"
+        elif label.startswith("Malloc (total)"):
+            label = "mallocs"
+        result.setdefault(name, {})[label] = value * scale
     return result
 
 
 def table(target, figures):
+    if target == "Supervisor":
+        return supervisor_table(figures)
     lines = [f"### {target}", "", "| benchmark | median | mallocs | ratio | floor | met |", "|---|---:|---:|---:|---:|:---:|"]
     for name, baseline, floor in COMPARISONS[target]:
         if name not in figures:
             lines.append(f"| {name} | missing | | | | |")
             continue
-        wall, mallocs = figures[name]
-        ratio = "" if baseline is None else f"{wall / figures[baseline][0]:.2f}×"
-        met = "" if floor is None else ("yes" if wall / figures[baseline][0] <= floor else "**no**")
+        wall, mallocs = figures[name]["time"], figures[name].get("mallocs", 0)
+        ratio = "" if baseline is None else f"{wall / figures[baseline]['time']:.2f}×"
+        met = "" if floor is None else ("yes" if wall / figures[baseline]["time"] <= floor else "**no**")
         floor_text = "" if floor is None else f"≤ {floor:.2f}×"
         lines.append(f"| {name} | {wall:,.1f} µs | {mallocs:.0f} | {ratio} | {floor_text} | {met} |")
+    return "\n".join(lines)
+
+
+def supervisor_table(f):
+    def get(name, metric="time"):
+        return f.get(name, {}).get(metric)
+
+    call = get("C uv_spawn call→pid (baseline)")
+    reaped = get("C uv_spawn spawn→reaped (baseline)")
+    c_batch = get("C uv_spawn 640 children, ≤ 64 alive (baseline)")
+    rows = [
+        ("register → waitForStartup()", get("register→waitForStartup: WorkerSupervisor"), "C uv_spawn call→pid", call, "≤ 1.25×", lambda r: r <= 1.25),
+        ("register → waitForShutdown(), /bin/true", get("register→waitForShutdown, /bin/true: WorkerSupervisor"), "C uv_spawn spawn→reaped", reaped, "≤ 1.20×", lambda r: r <= 1.2),
+        ("exit → restarted pid, interval 0", (get("exit→restarted pid, interval 0: WorkerSupervisor", "restart latency (ns)") or 0) / 1000, "C uv_spawn call→pid", call, "≤ 1.50×", lambda r: r <= 1.5),
+    ]
+    lines = ["### Supervisor", "", "| measure | supervisor (median) | baseline | baseline (median) | ratio | floor | met |", "|---|---:|---|---:|---:|---:|:---:|"]
+    for label, ours, base_label, base, floor, check in rows:
+        if ours is None or base is None:
+            lines.append(f"| {label} | missing | {base_label} | | | {floor} | |")
+            continue
+        ratio = ours / base
+        lines.append(f"| {label} | {ours:,.0f} µs | {base_label} | {base:,.0f} µs | {ratio:.2f}× | {floor} | {'yes' if check(ratio) else '**no**'} |")
+    ours_batch = get("640 children, ≤ 64 alive: WorkerSupervisor")
+    if ours_batch and c_batch:
+        ours_rate, c_rate = 640 / (ours_batch / 1e6), 640 / (c_batch / 1e6)
+        ratio = ours_rate / c_rate
+        lines.append(f"| throughput, ≤ 64 alive | {ours_rate:,.0f} children/s | C uv_spawn | {c_rate:,.0f} children/s | {ratio:.2f}× | ≥ 0.90× | {'yes' if ratio >= 0.9 else '**no**'} |")
+    big = f.get("1,000 sleeping workers: start all, resident memory, fast-stop all", {})
+    lines += ["", "| 1,000 sleeping workers | median |", "|---|---:|"]
+    for metric, unit in [("start all (ms)", "ms"), ("fast-stop all (ms)", "ms"), ("resident memory per worker (bytes)", "bytes"), ("resident memory before (KiB)", "KiB")]:
+        value = big.get(metric)
+        lines.append(f"| {metric.split(' (')[0]} | {'missing' if value is None else f'{value:,.0f} {unit}'} |")
     return "\n".join(lines)
 
 

@@ -56,3 +56,69 @@ int csb_uv_spawn_and_wait(const char *path, char *const envp[]) {
     uv_run(csb_loop, UV_RUN_DEFAULT);
     return csb_exit_status;
 }
+
+static void csb_on_exit_free(uv_process_t *process, int64_t status, int signal) {
+    (void)status;
+    (void)signal;
+    uv_close((uv_handle_t *)process, (uv_close_cb)free);
+}
+
+static uv_loop_t *csb_shared_loop(void) {
+    if (csb_loop == NULL) {
+        csb_loop = malloc(sizeof(uv_loop_t));
+        uv_loop_init(csb_loop);
+    }
+    return csb_loop;
+}
+
+static int csb_spawn_detached_child(const char *path, char *const envp[], uv_exit_cb on_exit) {
+    uv_process_t *process = malloc(sizeof(uv_process_t));
+    uv_process_options_t options = {0};
+    char *argv[] = {(char *)path, NULL};
+    uv_stdio_container_t stdio[3];
+    for (int i = 0; i < 3; i++) {
+        stdio[i].flags = UV_INHERIT_FD;
+        stdio[i].data.fd = i;
+    }
+    options.exit_cb = on_exit;
+    options.file = path;
+    options.args = argv;
+    options.env = (char **)envp;
+    options.stdio = stdio;
+    options.stdio_count = 3;
+    options.flags = UV_PROCESS_DETACHED;
+    int err = uv_spawn(csb_shared_loop(), process, &options);
+    if (err != 0) {
+        uv_close((uv_handle_t *)process, (uv_close_cb)free);
+        return err;
+    }
+    return process->pid;
+}
+
+int csb_uv_spawn_only(const char *path, char *const envp[]) {
+    return csb_spawn_detached_child(path, envp, csb_on_exit_free);
+}
+
+void csb_uv_reap_all(void) { uv_run(csb_shared_loop(), UV_RUN_DEFAULT); }
+
+static int csb_alive = 0;
+
+static void csb_on_exit_count(uv_process_t *process, int64_t status, int signal) {
+    csb_alive--;
+    csb_on_exit_free(process, status, signal);
+}
+
+int csb_uv_spawn_throughput(const char *path, char *const envp[], int total, int max_alive) {
+    int started = 0;
+    csb_alive = 0;
+    while (started < total || csb_alive > 0) {
+        while (started < total && csb_alive < max_alive) {
+            int pid = csb_spawn_detached_child(path, envp, csb_on_exit_count);
+            if (pid < 0) return pid;
+            csb_alive++;
+            started++;
+        }
+        uv_run(csb_shared_loop(), UV_RUN_ONCE);
+    }
+    return 0;
+}

@@ -30,6 +30,20 @@ public struct WorkerEvent: Sendable, Hashable, CustomStringConvertible {
     public let name: String
     /// What happened.
     public let kind: Kind
+    /// When the supervisor saw it (read once per event, only while someone subscribes to events).
+    public let time: ContinuousClock.Instant
+
+    /// Equal when handle, name and kind are: ``time`` only says when.
+    public static func == (lhs: WorkerEvent, rhs: WorkerEvent) -> Bool {
+        lhs.handle == rhs.handle && lhs.name == rhs.name && lhs.kind == rhs.kind
+    }
+
+    /// Hashes handle, name and kind.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(self.handle)
+        hasher.combine(self.name)
+        hasher.combine(self.kind)
+    }
 
     /// `name [slot/generation]: kind`.
     public var description: String { "\(self.name) [\(self.handle.slot)/\(self.handle.generation)]: \(self.kind)" }

@@ -236,7 +236,7 @@ public actor WorkerSupervisor {
 
     func emit(_ worker: ManagedWorker, _ kind: WorkerEvent.Kind) {
         guard !self.eventSubscribers.isEmpty else { return }
-        let event = WorkerEvent(handle: self.handle(worker), name: worker.registration.name, kind: kind)
+        let event = WorkerEvent(handle: self.handle(worker), name: worker.registration.name, kind: kind, time: .now)
         for continuation in self.eventSubscribers.values {
             continuation.yield(event)
         }
