@@ -1,5 +1,6 @@
 import BackgroundWorkers
 import Logging
+import MetricsTestKit
 import ServiceLifecycle
 import Synchronization
 import Testing
@@ -170,6 +171,37 @@ extension SupervisorTests {
             #expect(all.count == 3)
             #expect(zombies(among: all).isEmpty)
             #expect(all.allSatisfy { !processExists($0) })
+        }
+
+        @Test("metrics count starts, exits by cause, restarts, crash resets, running workers and slots in use")
+        func metrics() async throws {
+            let metrics = TestMetrics()
+            try await withSupervisor(configure: { $0.metricsFactory = metrics }) { supervisor in
+                let log = await EventLog(supervisor)
+                var flaky = shellWorker("flaky", Script.exit(1))
+                flaky.restartInterval = .seconds(0)
+                flaky.restartBudget = .init(maxRestarts: 1, window: .seconds(3600))
+                _ = try await supervisor.register(flaky)
+                _ = await log.first { $0.name == "flaky" && $0.kind == .gaveUp }
+                let done = try await supervisor.register(shellWorker("done", Script.exit(0)))
+                _ = try await done.waitForShutdown()
+                var crasher = shellWorker("crasher", Script.crash)
+                crasher.flags = [.sharedMemoryAccess]
+                let crashed = try await supervisor.register(crasher)
+                _ = try await crashed.waitForShutdown()
+                let sleeper = try await supervisor.register(shellWorker("sleeper", Script.sleepForever))
+                _ = try await sleeper.waitForStartup()
+
+                #expect(try metrics.expectCounter("bgworker_starts_total").totalValue == 5)
+                #expect(try metrics.expectCounter("bgworker_restarts_total").totalValue == 1)
+                #expect(try metrics.expectCounter("bgworker_exits_total", [("cause", "restart")]).totalValue == 2)
+                #expect(try metrics.expectCounter("bgworker_exits_total", [("cause", "done")]).totalValue == 1)
+                #expect(try metrics.expectCounter("bgworker_exits_total", [("cause", "crash")]).totalValue == 1)
+                #expect(try metrics.expectCounter("bgworker_crash_resets_total").totalValue == 1)
+                #expect(try metrics.expectGauge("bgworker_running").lastValue == 1)
+                // flaky (gave up, still registered) and sleeper.
+                #expect(try metrics.expectGauge("bgworker_slots_in_use").lastValue == 2)
+            }
         }
 
         @Test("as a ServiceLifecycle service, a graceful shutdown is a fast shutdown")

@@ -112,6 +112,59 @@ extension SupervisorTests {
         }
     }
 
+    @Suite("Transient spawn errors (PG-SEMANTICS 10)")
+    struct TransientSpawnErrorTests {
+        /// Runs `body` while this process cannot open another descriptor (EMFILE), then lifts the limit.
+        func withoutDescriptors(_ body: () async throws -> Void) async rethrows {
+            var limit = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            let lowestFree = dup(0)
+            close(lowestFree)
+            var lowered = limit
+            lowered.rlim_cur = rlim_t(lowestFree)
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
+            defer { setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) }
+            try await body()
+        }
+
+        @Test("PG-10: a transient spawn error (EMFILE) is retried after the interval; a never-restart worker stops")
+        func transientSpawnError() async throws {
+            let clock = ManualClock()
+            try await withSupervisor(clock: clock) { supervisor in
+                var retried = shellWorker("retried", Script.readyThenSleep)
+                retried.reportsReadiness = true  // its readiness pipe is the descriptor that cannot be had
+                retried.restartInterval = .seconds(5)
+                var once = shellWorker("once", Script.readyThenSleep)
+                once.reportsReadiness = true
+                once.restartInterval = .never
+                var handles: [BackgroundWorkerHandle] = []
+                try await withoutDescriptors {
+                    handles.append(try await supervisor.register(retried))
+                    handles.append(try await supervisor.register(once))
+                }
+                guard case .restartScheduled(.seconds(5), nil, let error?) = await handles[0].detail else {
+                    Issue.record("detail: \(await handles[0].detail)")
+                    return
+                }
+                #expect(error.errno == EMFILE)
+                #expect(await handles[0].status == .notYetStarted)
+                do {
+                    _ = try await handles[1].waitForStartup()
+                    Issue.record("the never-restart worker started")
+                } catch let error as SupervisorError {
+                    guard case .unregistered(let reason, nil) = error.detail else {
+                        Issue.record("detail: \(String(describing: error.detail))")
+                        return
+                    }
+                    #expect(reason.spawnError?.errno == EMFILE)
+                }
+                await clock.waitForSleepers(1)
+                clock.advance(by: .seconds(5))
+                _ = try await handles[0].waitForReady()
+            }
+        }
+    }
+
     @Suite("Exit and restart (PG-SEMANTICS 11–16)")
     struct ExitTests {
         @Test("PG-11: exit 0 unregisters and frees the slot, whatever the interval")

@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 
 extension WorkerSupervisor {
     /// The supervisor's settings, with defaults. PostgreSQL's GUCs where one exists.
@@ -19,6 +20,10 @@ extension WorkerSupervisor {
         public var clock: any Clock<Duration> = ContinuousClock()
         /// The logger; each line carries the worker's name, slot and pid as metadata.
         public var logger = Logger(label: "BackgroundWorkers")
+        /// Where the counters and gauges go (`bgworker_starts_total`, `bgworker_exits_total{cause}`,
+        /// `bgworker_restarts_total`, `bgworker_crash_resets_total`, `bgworker_registrations_refused_total`,
+        /// `bgworker_running`, `bgworker_slots_in_use`); `nil` uses the process's bootstrapped `MetricsSystem`.
+        public var metricsFactory: (any MetricsFactory)?
         /// A random number in 0..<1, for backoff jitter; tests pass a fixed one.
         public var random: @Sendable () -> Double = { Double.random(in: 0..<1) }
         /// The name of the supervisor's event-loop thread.

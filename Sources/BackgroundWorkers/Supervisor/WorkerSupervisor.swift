@@ -89,7 +89,7 @@ public actor WorkerSupervisor {
         self.supervisorPID = getpid()
         self.baseEnvironment = Self.currentEnvironment()
         self.slots = SlotTable(capacity: configuration.maxWorkerProcesses)
-        self.metrics = SupervisorMetrics()
+        self.metrics = SupervisorMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
     }
 
     static func currentEnvironment() -> [String: String] {
@@ -268,14 +268,31 @@ struct SupervisorClock: Sendable {
 
 /// The counters and gauges of one supervisor (swift-metrics; a no-op unless the process bootstraps a backend).
 struct SupervisorMetrics: Sendable {
-    let starts = Counter(label: "bgworker_starts_total")
-    let registrationsRefused = Counter(label: "bgworker_registrations_refused_total")
-    let restarts = Counter(label: "bgworker_restarts_total")
-    let crashResets = Counter(label: "bgworker_crash_resets_total")
-    let running = Gauge(label: "bgworker_running")
-    let slotsInUse = Gauge(label: "bgworker_slots_in_use")
+    let starts: Counter
+    let registrationsRefused: Counter
+    let restarts: Counter
+    let crashResets: Counter
+    let running: Gauge
+    let slotsInUse: Gauge
+    /// One counter per exit cause, made once: exits are a hot path.
+    let exits: [String: Counter]
 
+    init(factory: any MetricsFactory) {
+        self.starts = Counter(label: "bgworker_starts_total", factory: factory)
+        self.registrationsRefused = Counter(label: "bgworker_registrations_refused_total", factory: factory)
+        self.restarts = Counter(label: "bgworker_restarts_total", factory: factory)
+        self.crashResets = Counter(label: "bgworker_crash_resets_total", factory: factory)
+        self.running = Gauge(label: "bgworker_running", factory: factory)
+        self.slotsInUse = Gauge(label: "bgworker_slots_in_use", factory: factory)
+        var exits: [String: Counter] = [:]
+        for cause in ["done", "restart", "crash"] {
+            exits[cause] = Counter(label: "bgworker_exits_total", dimensions: [("cause", cause)], factory: factory)
+        }
+        self.exits = exits
+    }
+
+    /// Counts an exit: `done` (code 0), `restart` (code 1), `crash` (anything else, or a signal).
     func exit(cause: String) {
-        Counter(label: "bgworker_exits_total", dimensions: [("cause", cause)]).increment()
+        self.exits[cause]?.increment()
     }
 }
