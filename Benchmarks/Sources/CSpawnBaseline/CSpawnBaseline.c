@@ -22,41 +22,6 @@ int csb_posix_spawn_and_wait(const char *path, char *const envp[]) {
 static uv_loop_t *csb_loop = NULL;
 static int csb_exit_status = -1;
 
-static void csb_on_exit(uv_process_t *process, int64_t status, int signal) {
-    csb_exit_status = signal ? 128 + signal : (int)status;
-    uv_close((uv_handle_t *)process, NULL);
-}
-
-int csb_uv_spawn_and_wait(const char *path, char *const envp[]) {
-    if (csb_loop == NULL) {
-        csb_loop = malloc(sizeof(uv_loop_t));
-        uv_loop_init(csb_loop);
-    }
-    uv_process_t process;
-    uv_process_options_t options = {0};
-    char *argv[] = {(char *)path, NULL};
-    uv_stdio_container_t stdio[3];
-    for (int i = 0; i < 3; i++) {
-        stdio[i].flags = UV_INHERIT_FD;
-        stdio[i].data.fd = i;
-    }
-    options.exit_cb = csb_on_exit;
-    options.file = path;
-    options.args = argv;
-    options.env = (char **)envp;
-    options.stdio = stdio;
-    options.stdio_count = 3;
-    csb_exit_status = -1;
-    int err = uv_spawn(csb_loop, &process, &options);
-    if (err != 0) {
-        uv_close((uv_handle_t *)&process, NULL);
-        uv_run(csb_loop, UV_RUN_DEFAULT);
-        return err;
-    }
-    uv_run(csb_loop, UV_RUN_DEFAULT);
-    return csb_exit_status;
-}
-
 static void csb_on_exit_free(uv_process_t *process, int64_t status, int signal) {
     (void)status;
     (void)signal;
@@ -93,6 +58,18 @@ static int csb_spawn_detached_child(const char *path, char *const envp[], uv_exi
         return err;
     }
     return process->pid;
+}
+
+static void csb_on_exit_record(uv_process_t *process, int64_t status, int signal) {
+    csb_exit_status = signal ? 128 + signal : (int)status;
+    csb_on_exit_free(process, status, signal);
+}
+
+int csb_uv_spawn_and_wait(const char *path, char *const envp[]) {
+    csb_exit_status = -1;
+    int pid = csb_spawn_detached_child(path, envp, csb_on_exit_record);
+    uv_run(csb_shared_loop(), UV_RUN_DEFAULT);
+    return pid < 0 ? pid : csb_exit_status;
 }
 
 int csb_uv_spawn_only(const char *path, char *const envp[]) {
