@@ -44,6 +44,23 @@ extension SupervisorTests {
             try await wakeUps.close()
         }
 
+        @Test("PG-17, PG-18: a registration refused at shutdown never signals a notify pid that is not notifiable")
+        func refusalDoesNotSignalStrangers() async throws {
+            // A child of this process that is not a worker, with SIGUSR1's default action (terminate).
+            let loop = try UVEventLoop(name: "stranger")
+            let stranger = try await loop.spawnProcess(UVSpawnOptions(executable: "/bin/sleep", arguments: ["1000"]))
+            try await withSupervisor { supervisor in
+                await supervisor.shutdown(.smart)
+                var worker = shellWorker("refused", Script.sleepForever)
+                worker.notifyPID = stranger.pid
+                #expect(await refusal(supervisor, worker)?.code == .shuttingDown)
+            }
+            // Had the refusal sent SIGUSR1, it would be pending before this SIGTERM and end the process first.
+            #expect(try await loop.submit { try stranger.signal(.terminate) })
+            #expect(try await stranger.waitForExit() == .signaled(.terminate))
+            try await loop.shutdown()
+        }
+
         @Test("PG-18: notify pids must be the supervisor or one of its live workers")
         func notifyPIDValidation() async throws {
             let wakeUps = try await WakeUps()

@@ -66,6 +66,41 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // The two side by side in the same samples: the machine's speed drifts over seconds (other tenants),
+    // so each sample times a batch on each executor, in alternating order, and records both and their ratio.
+    let uvMetric = BenchmarkMetric.custom("UVEventLoop hop (ns)", useScalingFactor: false)
+    let nioMetric = BenchmarkMetric.custom("SwiftNIO hop (ns)", useScalingFactor: false)
+    let ratioMetric = BenchmarkMetric.custom("ratio UVEventLoop/SwiftNIO (‰)", useScalingFactor: false)
+    Benchmark(
+        "hop interleaved: UVEventLoop vs SwiftNIO",
+        configuration: .init(metrics: [uvMetric, nioMetric, ratioMetric], warmupIterations: 5, maxDuration: .seconds(10), maxIterations: 400)
+    ) { benchmark in
+        var flip = false
+        for _ in benchmark.scaledIterations {
+            flip.toggle()
+            var uv: Duration = .zero
+            var nio: Duration = .zero
+            for pass in 0..<2 {
+                let useUV = (pass == 0) == flip
+                let start = ContinuousClock.now
+                for _ in 0..<100 {
+                    if useUV {
+                        blackHole(await uvCounter.increment(by: 1))
+                    } else {
+                        blackHole(await nioCounter.increment(by: 1))
+                    }
+                }
+                let elapsed = start.duration(to: .now)
+                if useUV { uv = elapsed } else { nio = elapsed }
+            }
+            let uvNanoseconds = nanoseconds(uv) / 100
+            let nioNanoseconds = nanoseconds(nio) / 100
+            benchmark.measurement(uvMetric, uvNanoseconds)
+            benchmark.measurement(nioMetric, nioNanoseconds)
+            benchmark.measurement(ratioMetric, uvNanoseconds * 1000 / max(1, nioNanoseconds))
+        }
+    }
+
     let sleepyLoop = try! UVEventLoop(name: "bench-hop-nospin", spinBeforeSleep: .zero)
     let sleepyCounter = Counter(executor: sleepyLoop.asUnownedSerialExecutor())
     Benchmark("hop: actor on a UVEventLoop without spin") { benchmark in
@@ -73,4 +108,8 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(await sleepyCounter.increment(by: 1))
         }
     }
+}
+
+func nanoseconds(_ duration: Duration) -> Int {
+    Int(duration.components.seconds) * 1_000_000_000 + Int(duration.components.attoseconds / 1_000_000_000)
 }

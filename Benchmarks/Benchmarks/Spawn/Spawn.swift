@@ -55,6 +55,41 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // Side by side in the same samples, alternating order, so that drift in the machine's speed cancels out.
+    let oursMetric = BenchmarkMetric.custom("UVConcurrency spawn→exit (µs)", useScalingFactor: false)
+    let posixMetric = BenchmarkMetric.custom("C posix_spawn spawn→exit (µs)", useScalingFactor: false)
+    let ratioMetric = BenchmarkMetric.custom("ratio UVConcurrency/posix_spawn (‰)", useScalingFactor: false)
+    Benchmark(
+        "spawn→exit interleaved: UVConcurrency (actor on the loop) vs C posix_spawn",
+        configuration: .init(metrics: [oursMetric, posixMetric, ratioMetric], warmupIterations: 3, maxDuration: .seconds(10), maxIterations: 300)
+    ) { benchmark in
+        var flip = false
+        for _ in benchmark.scaledIterations {
+            flip.toggle()
+            var ours: Duration = .zero
+            var posix: Duration = .zero
+            for pass in 0..<2 {
+                let useOurs = (pass == 0) == flip
+                let start = ContinuousClock.now
+                for _ in 0..<5 {
+                    if useOurs {
+                        let status = try await posixSpawner.spawnAndWait()
+                        precondition(status == .exited(0))
+                    } else {
+                        precondition(csb_posix_spawn_and_wait("/bin/true", cEnvironment) == 0)
+                    }
+                }
+                let elapsed = start.duration(to: .now)
+                if useOurs { ours = elapsed } else { posix = elapsed }
+            }
+            let oursMicroseconds = microseconds(ours) / 5
+            let posixMicroseconds = microseconds(posix) / 5
+            benchmark.measurement(oursMetric, oursMicroseconds)
+            benchmark.measurement(posixMetric, posixMicroseconds)
+            benchmark.measurement(ratioMetric, oursMicroseconds * 1000 / max(1, posixMicroseconds))
+        }
+    }
+
     let taskOptions = UVSpawnOptions(executable: "/bin/true", environment: environment)
     Benchmark("spawn→exit: UVConcurrency automatic, from a task (4 hops)") { benchmark in
         for _ in benchmark.scaledIterations {
@@ -81,4 +116,8 @@ actor Spawner {
         let process = try self.loop.spawn(self.options)
         return try await process.waitForExit()
     }
+}
+
+func microseconds(_ duration: Duration) -> Int {
+    Int(duration.components.seconds) * 1_000_000 + Int(duration.components.attoseconds / 1_000_000_000_000)
 }

@@ -127,7 +127,9 @@ public actor WorkerSupervisor {
         case .idle: isStatic = true
         case .running: isStatic = false
         case .stopping, .stopped:
-            if let pid = worker.notifyPID { self.notify(pid) }
+            // PG-17: the refusal wakes the notify pid, but only one that may be notified at all: a pid from
+            // the caller is never signalled unchecked.
+            if let pid = worker.notifyPID, self.isNotifiable(pid) { self.notify(pid) }
             throw SupervisorError(
                 .shuttingDown,
                 "the supervisor is shutting down and takes no new registrations (worker '\(worker.name)')"
