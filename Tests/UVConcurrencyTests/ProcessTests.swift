@@ -201,10 +201,12 @@ extension UVConcurrencyTests {
                 // pipes' other ends, all close-on-exec. Descriptors that other code in this process left
                 // inheritable (the test runner's sockets, say) are inherited by design: libuv has no hook to
                 // close them. So every extra descriptor in the child must be one that is not close-on-exec here.
-                var options = Self.shell("ls -1 /proc/$$/fd | tr '\\n' ' '", strategy)
+                // No pipeline in the script: the shell would hold the pipe's descriptors for a moment while `ls`
+                // lists them.
+                var options = Self.shell("ls -1 /proc/$$/fd", strategy)
                 options.descriptors = [1: output.writeEnd, 2: 2, 5: extra.writeEnd]
-                let line = try await readFirstLine(loop, output, options)
-                let descriptors = Set(line.split(separator: " ").compactMap { Int32($0) })
+                let lines = try await readAllLines(loop, output, options)
+                let descriptors = Set(lines.compactMap { Int32($0) })
                 #expect(descriptors.isSuperset(of: [0, 1, 2, 5]))
                 let ours = descriptors.subtracting([0, 1, 2, 5]).filter { cws_is_cloexec($0) == 1 }
                 #expect(ours.isEmpty, "close-on-exec descriptors of this process reached the child: \(ours)")
@@ -423,6 +425,26 @@ extension UVConcurrencyTests {
                 }
                 #expect(lines.all == ["ok"])
                 #expect(ended == .lineTooLong(limit: 100))
+            }
+        }
+    }
+}
+
+/// Spawns `options` (whose standard output is `pipe`'s write end) and returns every line it writes.
+func readAllLines(_ loop: UVEventLoop, _ pipe: UVPipePair, _ options: UVSpawnOptions) async throws -> [String] {
+    try await withCheckedThrowingContinuation { (result: CheckedContinuation<[String], any Error>) in
+        loop.execute {
+            do {
+                try loop.spawn(options)
+                _ = cws_close(pipe.writeEnd)
+                var lines: [String] = []
+                _ = try loop.readLines(from: pipe.readEnd) { line in
+                    lines.append(line)
+                } onEnd: { _ in
+                    result.resume(returning: lines)
+                }
+            } catch {
+                result.resume(throwing: error)
             }
         }
     }
