@@ -149,9 +149,10 @@ extension WorkerSupervisor: Service {
         self.runWaiters.removeAll()
         for waiter in waiters { waiter.resume() }
         if self.loopOwnedByRun == false {
-            // Shut down without ever running: nobody else will stop the loop.
+            // Shut down without ever running: nobody else will stop the loop. Detached: a task that inherited
+            // this actor's isolation would come back to its executor after the loop (and maybe the actor) is gone.
             let loop = self.loop
-            Task { try? await loop.shutdown() }
+            Task.detached { try? await loop.shutdown() }
         }
     }
 
