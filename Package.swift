@@ -56,6 +56,7 @@ let package = Package(
             dependencies: [
                 "BackgroundWorkerContract",
                 "UVConcurrency",
+                "CWorkerSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

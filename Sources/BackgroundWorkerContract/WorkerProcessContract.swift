@@ -11,6 +11,7 @@
 /// | `BGW_SUPERVISOR_PID` | the supervisor's process id |
 /// | `BGW_ALIVE_FD` | descriptor 3: the read end of the supervisor-alive pipe. Nothing is ever written to it; it reaches end of file when the supervisor dies (PostgreSQL's postmaster-death pipe) |
 /// | `BGW_READY_FD` | descriptor 4, for workers registered with `reportsReadiness`: the write end of the readiness pipe. Write the line `READY=1` once ready |
+/// | `BGW_SHM_FD`, `BGW_SHM_SIZE` | descriptor 5 and its size in bytes, for workers with the shared-memory flag when the supervisor has a segment: the supervisor's shared-memory segment (a memfd; `mmap` it `MAP_SHARED`). A crash reset replaces it with a new, zeroed one |
 ///
 /// Exit codes: 0 means done (the worker is unregistered), 1 means restart after the interval, anything else
 /// (or death by a signal) is a crash.
@@ -22,6 +23,8 @@ public enum WorkerProcessContract {
     public static let aliveDescriptor: Int32 = 3
     /// The descriptor number of the readiness pipe's write end in workers that report readiness.
     public static let readinessDescriptor: Int32 = 4
+    /// The descriptor number of the shared-memory segment in workers with the shared-memory flag.
+    public static let sharedMemoryDescriptor: Int32 = 5
     /// The line a worker writes to its readiness descriptor once it is ready.
     public static let readyLine = "READY=1"
     /// The longest line the supervisor reads from a readiness descriptor; a longer one closes it.
@@ -49,6 +52,10 @@ public enum WorkerProcessContract {
         public static let aliveDescriptor = "BGW_ALIVE_FD"
         /// The readiness descriptor's number, for workers that report readiness.
         public static let readinessDescriptor = "BGW_READY_FD"
+        /// The shared-memory descriptor's number, for workers with the shared-memory flag.
+        public static let sharedMemoryDescriptor = "BGW_SHM_FD"
+        /// The shared-memory segment's size in bytes.
+        public static let sharedMemorySize = "BGW_SHM_SIZE"
     }
 
     /// A worker's identity as the contract carries it.
@@ -73,6 +80,25 @@ public enum WorkerProcessContract {
         public var aliveDescriptor: Int32
         /// The readiness descriptor, when the worker reports readiness.
         public var readinessDescriptor: Int32?
+        /// The shared-memory descriptor and the segment's size, when the worker has one.
+        public var sharedMemory: (descriptor: Int32, size: Int)?
+
+        /// Equal when every field is.
+        public static func == (lhs: Identity, rhs: Identity) -> Bool {
+            lhs.name == rhs.name && lhs.type == rhs.type && lhs.slot == rhs.slot && lhs.generation == rhs.generation
+                && lhs.mainArgument == rhs.mainArgument && lhs.extra == rhs.extra && lhs.flags == rhs.flags
+                && lhs.supervisorPID == rhs.supervisorPID && lhs.aliveDescriptor == rhs.aliveDescriptor
+                && lhs.readinessDescriptor == rhs.readinessDescriptor
+                && lhs.sharedMemory?.descriptor == rhs.sharedMemory?.descriptor
+                && lhs.sharedMemory?.size == rhs.sharedMemory?.size
+        }
+
+        /// Hashes the identifying fields.
+        public func hash(into hasher: inout Hasher) {
+            hasher.combine(self.slot)
+            hasher.combine(self.generation)
+            hasher.combine(self.name)
+        }
 
         /// Creates an identity.
         public init(
@@ -80,7 +106,8 @@ public enum WorkerProcessContract {
             slot: Int,
             generation: UInt64,
             supervisorPID: Int32,
-            reportsReadiness: Bool
+            reportsReadiness: Bool,
+            sharedMemorySize: Int? = nil
         ) {
             self.name = worker.name
             self.type = worker.effectiveType
@@ -92,6 +119,7 @@ public enum WorkerProcessContract {
             self.supervisorPID = supervisorPID
             self.aliveDescriptor = WorkerProcessContract.aliveDescriptor
             self.readinessDescriptor = reportsReadiness ? WorkerProcessContract.readinessDescriptor : nil
+            self.sharedMemory = sharedMemorySize.map { (WorkerProcessContract.sharedMemoryDescriptor, $0) }
         }
 
         /// The contract's variables for this identity.
@@ -109,6 +137,10 @@ public enum WorkerProcessContract {
             ]
             if let readiness = self.readinessDescriptor {
                 result[Variable.readinessDescriptor] = String(readiness)
+            }
+            if let sharedMemory = self.sharedMemory {
+                result[Variable.sharedMemoryDescriptor] = String(sharedMemory.descriptor)
+                result[Variable.sharedMemorySize] = String(sharedMemory.size)
             }
             return result
         }
@@ -150,6 +182,14 @@ public enum WorkerProcessContract {
             self.readinessDescriptor =
                 environment[Variable.readinessDescriptor] == nil
                 ? nil : try number(Variable.readinessDescriptor, as: Int32.self)
+            if environment[Variable.sharedMemoryDescriptor] != nil {
+                self.sharedMemory = (
+                    try number(Variable.sharedMemoryDescriptor, as: Int32.self),
+                    try number(Variable.sharedMemorySize, as: Int.self)
+                )
+            } else {
+                self.sharedMemory = nil
+            }
         }
 
         static func hex(_ bytes: [UInt8]) -> String {

@@ -17,6 +17,7 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
             case alreadyRunning
             case startupFailed
             case loopFailed
+            case sharedMemoryFailed
         }
 
         private let base: Base
@@ -42,6 +43,8 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
         public static let startupFailed = Code(.startupFailed)
         /// The event loop could not be created or closed.
         public static let loopFailed = Code(.loopFailed)
+        /// The shared-memory segment could not be created.
+        public static let sharedMemoryFailed = Code(.sharedMemoryFailed)
 
         /// The code's name.
         public var description: String {
@@ -56,6 +59,7 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
             case .alreadyRunning: "alreadyRunning"
             case .startupFailed: "startupFailed"
             case .loopFailed: "loopFailed"
+            case .sharedMemoryFailed: "sharedMemoryFailed"
             }
         }
     }

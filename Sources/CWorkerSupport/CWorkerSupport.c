@@ -9,6 +9,7 @@
 #include <string.h>
 #include <spawn.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -226,4 +227,15 @@ int cws_reap(pid_t pid, int *exit_code, int *signal) {
         *signal = WTERMSIG(status);
     }
     return 1;
+}
+
+int cws_memfd(const char *name, uint64_t size) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, (off_t)size) != 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
 }

@@ -133,10 +133,18 @@ struct ValidationTests {
         worker.mainArgument = 0xdead_beef_cafe
         worker.extra = [0, 1, 0xab, 0xff]
         worker.flags = [.sharedMemoryAccess]
-        let identity = WorkerProcessContract.Identity(worker: worker, slot: 3, generation: 7, supervisorPID: 99, reportsReadiness: true)
+        let identity = WorkerProcessContract.Identity(
+            worker: worker,
+            slot: 3,
+            generation: 7,
+            supervisorPID: 99,
+            reportsReadiness: true,
+            sharedMemorySize: 4096
+        )
         let environment = identity.environment
         #expect(environment["BGW_EXTRA"] == "0001abff")
         #expect(environment["BGW_READY_FD"] == "4" && environment["BGW_ALIVE_FD"] == "3")
+        #expect(environment["BGW_SHM_FD"] == "5" && environment["BGW_SHM_SIZE"] == "4096")
         #expect(try WorkerProcessContract.Identity(environment: environment) == identity)
         var broken = environment
         broken["BGW_SLOT"] = nil

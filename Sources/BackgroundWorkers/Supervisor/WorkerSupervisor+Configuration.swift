@@ -14,6 +14,9 @@ extension WorkerSupervisor {
         public var keepStaticWorkersAcrossCrashReset: Bool = false
         /// How long immediate shutdown and a crash reset wait after SIGQUIT before SIGKILL. Default 5 s.
         public var quitGracePeriod: Duration = .seconds(5)
+        /// The size in bytes of the shared-memory segment handed to workers with the shared-memory flag
+        /// (descriptor 5); 0 for none. Default 1 MiB (only the pages workers touch use memory).
+        public var sharedMemorySize: Int = 1 << 20
         /// How many undelivered events each ``WorkerSupervisor/events()`` sequence holds. Default 1,024.
         public var eventBufferSize: Int = 1024
         /// The clock for restart intervals, backoff and grace periods; tests pass a manual clock.

@@ -28,7 +28,8 @@ extension WorkerSupervisor {
             slot: worker.slot,
             generation: worker.generation,
             supervisorPID: self.supervisorPID,
-            reportsReadiness: worker.registration.reportsReadiness
+            reportsReadiness: worker.registration.reportsReadiness,
+            sharedMemorySize: worker.usesSharedMemory ? self.sharedMemory?.size : nil
         )
         var environment = self.baseEnvironment
         environment.merge(executable.environment) { _, new in new }
@@ -42,6 +43,9 @@ extension WorkerSupervisor {
         )
         options.argumentZero = worker.registration.name
         options.descriptors[WorkerProcessContract.aliveDescriptor] = self.alivePipe.readEnd
+        if worker.usesSharedMemory, let segment = self.sharedMemory {
+            options.descriptors[WorkerProcessContract.sharedMemoryDescriptor] = segment.descriptor
+        }
 
         var readiness: UVPipePair?
         if worker.registration.reportsReadiness {
@@ -292,6 +296,7 @@ extension WorkerSupervisor {
     private func finishCrashResetIfDone() {
         guard let reset = self.crashReset, reset.remaining.isEmpty else { return }
         self.crashReset = nil
+        self.rebuildSharedMemory()
         for worker in self.slots.all where worker.waitingForCrashReset {
             worker.waitingForCrashReset = false
             let keep = worker.isStatic && self.configuration.keepStaticWorkersAcrossCrashReset
@@ -313,6 +318,19 @@ extension WorkerSupervisor {
                 self.metrics.restarts.increment()
                 self.start(worker)
             }
+        }
+    }
+
+    /// Every shared-memory worker is gone: replace the segment with a new, zeroed one (PG-13).
+    private func rebuildSharedMemory() {
+        guard let old = self.sharedMemory else { return }
+        self.sharedMemoryGeneration += 1
+        do {
+            self.sharedMemory = try SharedMemorySegment(size: old.size, generation: self.sharedMemoryGeneration)
+            old.close()
+        } catch {
+            // Keep the old segment rather than none; say so loudly.
+            self.logger.error("cannot rebuild shared memory after a crash reset: \(error); keeping the old segment")
         }
     }
 

@@ -143,6 +143,8 @@ extension WorkerSupervisor: Service {
         self.runState = .stopped
         self.logger.info("stopped")
         self.alivePipe.close()
+        self.sharedMemory?.close()
+        self.sharedMemory = nil
         for continuation in self.eventSubscribers.values { continuation.finish() }
         self.eventSubscribers.removeAll()
         let waiters = self.runWaiters

@@ -52,6 +52,9 @@ public actor WorkerSupervisor {
     var crashReset: CrashReset?
     /// The supervisor-alive pipe: every worker gets the read end as descriptor 3; the write end stays here.
     let alivePipe: UVPipePair
+    /// The shared-memory segment of this generation of shared state; replaced by every crash reset.
+    var sharedMemory: SharedMemorySegment?
+    var sharedMemoryGeneration = 0
     var eventSubscribers: [UInt64: AsyncStream<WorkerEvent>.Continuation] = [:]
     var nextSubscriber: UInt64 = 0
     var runWaiters: [CheckedContinuation<Void, Never>] = []
@@ -71,6 +74,12 @@ public actor WorkerSupervisor {
     /// - Throws: ``SupervisorError`` with ``SupervisorError/Code/loopFailed`` when the loop or the alive pipe
     ///   cannot be created, or ``SupervisorError/Code/invalidRegistration`` for a slot count below 1.
     public init(configuration: Configuration = Configuration()) throws {
+        guard configuration.sharedMemorySize >= 0 else {
+            throw SupervisorError(
+                .sharedMemoryFailed,
+                "sharedMemorySize \(configuration.sharedMemorySize) is negative; use 0 for no shared memory"
+            )
+        }
         guard configuration.maxWorkerProcesses >= 1, configuration.maxWorkerProcesses <= 262_143 else {
             throw SupervisorError(
                 .invalidRegistration,
@@ -78,10 +87,22 @@ public actor WorkerSupervisor {
             )
         }
         self.configuration = configuration
+        // First what can fail without leaving a thread behind.
+        let sharedMemory =
+            configuration.sharedMemorySize > 0
+            ? try SharedMemorySegment(size: configuration.sharedMemorySize, generation: 0) : nil
+        self.sharedMemory = sharedMemory
         do {
-            self.loop = try UVEventLoop(name: configuration.loopName)
             self.alivePipe = try UVPipePair()
         } catch {
+            sharedMemory?.close()
+            throw SupervisorError(.loopFailed, "creating the supervisor-alive pipe: \(error)")
+        }
+        do {
+            self.loop = try UVEventLoop(name: configuration.loopName)
+        } catch {
+            sharedMemory?.close()
+            self.alivePipe.close()
             throw SupervisorError(.loopFailed, "creating the supervisor's event loop: \(error)")
         }
         self.logger = configuration.logger
@@ -89,6 +110,7 @@ public actor WorkerSupervisor {
         self.supervisorPID = getpid()
         self.baseEnvironment = Self.currentEnvironment()
         self.slots = SlotTable(capacity: configuration.maxWorkerProcesses)
+
         self.metrics = SupervisorMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
     }
 

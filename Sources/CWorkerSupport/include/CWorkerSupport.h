@@ -73,6 +73,10 @@ int cws_spawn(const char *file, char *const argv[], char *const envp[], const ch
               int search_path, const int *child_fds, const int *parent_fds, int fd_count, pid_t *pid_out,
               int *pidfd_out);
 
+/// Creates an anonymous shared-memory file of `size` bytes, zero-filled and close-on-exec (`memfd_create`,
+/// named `name` in /proc/PID/fd, then `ftruncate`). Returns the descriptor or -errno.
+int cws_memfd(const char *name, uint64_t size);
+
 /// Reaps `pid` if it has exited (`waitpid(pid, WNOHANG)`). Returns 1 and sets `*exit_code` (or `*signal`,
 /// with `*exit_code` -1) when reaped, 0 when it still runs, or -errno.
 int cws_reap(pid_t pid, int *exit_code, int *signal);
