@@ -39,6 +39,40 @@ extension SupervisorTests {
             }
         }
 
+        @Test("the Python example worker follows the contract: argument, readiness, SIGTERM → exit 1, --once → exit 0")
+        func pythonExampleWorker() async throws {
+            // Tests run from the package root.
+            let script = "Examples/workers/example_worker.py"
+            try await withSupervisor { supervisor in
+                var worker = BackgroundWorker(
+                    name: "python",
+                    entryPoint: .executable("/usr/bin/env", arguments: ["python3", script, "--expect-main-arg", "42"])
+                )
+                worker.mainArgument = 42
+                worker.flags = [.sharedMemoryAccess]
+                worker.reportsReadiness = true
+                worker.restartInterval = .never
+                let handle = try await supervisor.register(worker)
+                _ = try await handle.waitForReady()
+                await handle.terminate()
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))
+
+                worker.mainArgument = 7  // not what it expects: it refuses to become ready (exit 3)
+                worker.flags = []  // without shared memory, exit 3 is no crash reset: it just stops (never-restart)
+                let wrong = try await supervisor.register(worker)
+                await #expect(throws: SupervisorError.self) { _ = try await wrong.waitForReady() }
+                #expect(await wrong.detail == .unregistered(.noRestart, lastExit: .exited(3)))
+
+                var once = worker
+                once.mainArgument = 42
+                once.entryPoint = .executable("/usr/bin/env", arguments: ["python3", script, "--once"])
+                let done = try await supervisor.register(once)
+                #expect(try await done.waitForShutdown() == .stopped)
+                #expect(await done.detail == .unregistered(.completed, lastExit: .exited(0)))
+            }
+        }
+
         @Test("the supervisor-alive pipe is descriptor 3 in every worker, open and empty while the supervisor lives")
         func alivePipeIsInherited() async throws {
             try await withSupervisor { supervisor in
