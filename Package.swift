@@ -18,10 +18,12 @@ let package = Package(
     products: [
         .library(name: "BackgroundWorkers", targets: ["BackgroundWorkers"]),
         .library(name: "BackgroundWorkerContract", targets: ["BackgroundWorkerContract"]),
+        .library(name: "BackgroundWorkerRuntime", targets: ["BackgroundWorkerRuntime"]),
         .library(name: "UVConcurrency", targets: ["UVConcurrency"]),
         .executable(name: "supervisor-demo", targets: ["SupervisorDemo"]),
         .executable(name: "task-group-example", targets: ["TaskGroupExample"]),
         .executable(name: "loop-demo", targets: ["LoopDemo"]),
+        .executable(name: "swift-worker", targets: ["SwiftWorker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -63,6 +65,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The worker side: a worker's own registration, readiness, SIGTERM as cancellation, SIGHUP as reloads,
+        // supervisor-death detection. Knows nothing of the supervisor's internals.
+        .target(
+            name: "BackgroundWorkerRuntime",
+            dependencies: ["BackgroundWorkerContract", "UVConcurrency", "CWorkerSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "SwiftWorker",
+            dependencies: ["BackgroundWorkerRuntime"],
+            path: "Examples/swift-worker",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "SupervisorDemo",
             dependencies: ["BackgroundWorkers", .product(name: "Logging", package: "swift-log")],
@@ -93,6 +108,7 @@ let package = Package(
                 "BackgroundWorkerContract",
                 "UVConcurrency",
                 "CWorkerSupport",
+                "SwiftWorker",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,0 +1,144 @@
+import BackgroundWorkerContract
+import Synchronization
+import UVConcurrency
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a running worker's body gets: its registration, readiness, reload requests, signal blocking.
+public final class WorkerContext: Sendable {
+    /// This worker's registration (``BackgroundWorkerContract/BackgroundWorker/current``).
+    public let identity: WorkerProcessContract.Identity
+    /// SIGHUP, as reload requests. Buffering: at most one pending request is kept; several SIGHUPs before the
+    /// body takes it are one request (signals coalesce anyway).
+    public let reloads: WorkerReloads
+    let signals: SignalGate
+
+    init(identity: WorkerProcessContract.Identity, reloads: WorkerReloads, signals: SignalGate) {
+        self.identity = identity
+        self.reloads = reloads
+        self.signals = signals
+    }
+
+    /// Tells the supervisor the worker is ready: writes `READY=1` to the readiness descriptor, so that
+    /// `waitForReady()` returns.
+    /// - Throws: ``WorkerRuntimeError`` when the worker was registered without `reportsReadiness`, or the
+    ///   write failed (the supervisor is gone).
+    public func reportReady() throws(WorkerRuntimeError) {
+        guard let fd = self.identity.readinessDescriptor else {
+            throw WorkerRuntimeError(
+                .notReportingReadiness,
+                "worker '\(self.identity.name)' was registered without reportsReadiness; register it with reportsReadiness = true"
+            )
+        }
+        let line = Array(WorkerProcessContract.readyLine.utf8) + [UInt8(ascii: "\n")]
+        let written = line.withUnsafeBytes { bytes -> Int in
+            while true {
+                let result = write(fd, bytes.baseAddress, bytes.count)
+                if result < 0 && errno == EINTR { continue }
+                return result
+            }
+        }
+        guard written == line.count else {
+            throw WorkerRuntimeError(.readinessFailed, "writing READY=1 to descriptor \(fd) failed: errno \(errno)")
+        }
+    }
+
+    /// Holds SIGTERM and SIGHUP (PostgreSQL's `BackgroundWorkerBlockSignals`): they are recorded, not acted on,
+    /// until ``unblockSignals()``. The supervisor's grace-period SIGKILL still applies.
+    public func blockSignals() {
+        self.signals.block()
+    }
+
+    /// Acts on the SIGTERM and SIGHUP that arrived while blocked, and on every later one
+    /// (`BackgroundWorkerUnblockSignals`).
+    public func unblockSignals() {
+        self.signals.unblock()
+    }
+
+    /// Runs `body` with SIGTERM and SIGHUP held; they are acted on when it returns or throws.
+    public func withSignalsBlocked<T>(_ body: () throws -> T) rethrows -> T {
+        self.blockSignals()
+        defer { self.unblockSignals() }
+        return try body()
+    }
+}
+
+/// SIGHUP reload requests, as an `AsyncSequence` (``WorkerContext/reloads``). Iterate it from one task.
+public struct WorkerReloads: AsyncSequence, Sendable {
+    /// Each element is one reload request.
+    public typealias Element = Void
+    /// Never fails.
+    public typealias Failure = Never
+
+    let stream: AsyncStream<Void>
+
+    /// The sequence's iterator.
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: AsyncStream<Void>.Iterator
+
+        /// The next reload request, or `nil` when the worker is stopping.
+        public mutating func next() async -> Void? { await self.base.next() }
+
+        /// The next reload request, or `nil` when the worker is stopping.
+        public mutating func next(isolation actor: isolated (any Actor)?) async -> Void? {
+            await self.base.next(isolation: actor)
+        }
+    }
+
+    /// Makes the iterator.
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: self.stream.makeAsyncIterator()) }
+}
+
+/// Decides, under a lock, whether a SIGTERM or SIGHUP is acted on now or held until unblock.
+final class SignalGate: Sendable {
+    private struct State {
+        var blocked = 0
+        var pendingTerminate = false
+        var pendingReload = false
+    }
+
+    private let state = Mutex(State())
+    let onTerminate: @Sendable () -> Void
+    let onReload: @Sendable () -> Void
+
+    init(onTerminate: @escaping @Sendable () -> Void, onReload: @escaping @Sendable () -> Void) {
+        self.onTerminate = onTerminate
+        self.onReload = onReload
+    }
+
+    func terminate() {
+        let now = self.state.withLock { state -> Bool in
+            if state.blocked > 0 { state.pendingTerminate = true }
+            return state.blocked == 0
+        }
+        if now { self.onTerminate() }
+    }
+
+    func reload() {
+        let now = self.state.withLock { state -> Bool in
+            if state.blocked > 0 { state.pendingReload = true }
+            return state.blocked == 0
+        }
+        if now { self.onReload() }
+    }
+
+    func block() {
+        self.state.withLock { $0.blocked += 1 }
+    }
+
+    func unblock() {
+        let (terminate, reload) = self.state.withLock { state -> (Bool, Bool) in
+            state.blocked = max(0, state.blocked - 1)
+            guard state.blocked == 0 else { return (false, false) }
+            defer {
+                state.pendingTerminate = false
+                state.pendingReload = false
+            }
+            return (state.pendingTerminate, state.pendingReload)
+        }
+        if reload { self.onReload() }
+        if terminate { self.onTerminate() }
+    }
+}

@@ -1,0 +1,116 @@
+import BackgroundWorkers
+import CWorkerSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension SupervisorTests {
+    @Suite("The Swift worker runtime (issue 4, item 2)")
+    struct RuntimeTests {
+        /// The `swift-worker` example, built beside this test binary.
+        static var workerPath: String {
+            let me = CommandLine.arguments[0]
+            let directory = me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            return directory + "/swift-worker"
+        }
+
+        static func swiftWorker(_ name: String, _ mode: String) -> BackgroundWorker {
+            var worker = BackgroundWorker(name: name, entryPoint: .executable(Self.workerPath, arguments: [mode]))
+            worker.restartInterval = .never
+            worker.reportsReadiness = true
+            return worker
+        }
+
+        @Test("returning exits 0 (unregistered); throwing exits 1 (restart policy applies)")
+        func exitCodes() async throws {
+            try await withSupervisor { supervisor in
+                let done = try await supervisor.register(Self.swiftWorker("returns", "return"))
+                #expect(try await done.waitForShutdown() == .stopped)
+                #expect(await done.detail == .unregistered(.completed, lastExit: .exited(0)))
+                let failed = try await supervisor.register(Self.swiftWorker("throws", "throw"))
+                #expect(try await failed.waitForShutdown() == .stopped)
+                #expect(await failed.detail == .unregistered(.noRestart, lastExit: .exited(1)))
+            }
+        }
+
+        @Test("terminate: SIGTERM cancels the body, the worker exits 1 and is not restarted")
+        func sigtermCancels() async throws {
+            try await withSupervisor { supervisor in
+                var worker = Self.swiftWorker("serving", "serve")
+                worker.restartInterval = .seconds(0)
+                let handle = try await supervisor.register(worker)
+                _ = try await handle.waitForReady()
+                await handle.terminate()
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))
+            }
+        }
+
+        @Test("SIGHUP arrives as a reload request")
+        func sighupReloads() async throws {
+            try await withSupervisor { supervisor in
+                let handle = try await supervisor.register(Self.swiftWorker("reloading", "exit-on-reload"))
+                let pid = try await handle.waitForReady()  // ready: its watchers are installed
+                kill(pid, SIGHUP)
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
+            }
+        }
+
+        @Test("supervisor death (end of file on descriptor 3) ends the worker with exit 1, promptly")
+        func supervisorDeath() async throws {
+            // Play the supervisor by hand: our own pipes as descriptors 3 and 4, and the contract's variables.
+            let loop = try UVEventLoop(name: "fake-supervisor")
+            let alive = try UVPipePair()
+            let readiness = try UVPipePair()
+            var environment = ["PATH": "/usr/bin:/bin"]
+            let identity = WorkerProcessContract.Identity(
+                worker: BackgroundWorker(name: "orphan-to-be", entryPoint: .executable(Self.workerPath)),
+                slot: 0,
+                generation: 1,
+                supervisorPID: getpid(),
+                reportsReadiness: true
+            )
+            environment.merge(identity.environment) { _, new in new }
+            var options = UVSpawnOptions(executable: Self.workerPath, arguments: ["serve"], environment: environment, detached: true)
+            options.descriptors = [0: 0, 1: 1, 2: 2, 3: alive.readEnd, 4: readiness.writeEnd]
+            let spawnOptions = options
+            let worker = try await loop.submit { try loop.spawn(spawnOptions) }
+            alive.closeReadEnd()
+            readiness.closeWriteEnd()
+            let ready: String = try await withCheckedThrowingContinuation { done in
+                loop.execute {
+                    var first: String?
+                    do {
+                        _ = try loop.readLines(from: readiness.readEnd) { line in
+                            if first == nil {
+                                first = line
+                                done.resume(returning: line)
+                            }
+                        } onEnd: { _ in
+                            if first == nil { done.resume(returning: "") }
+                        }
+                    } catch {
+                        done.resume(throwing: error)
+                    }
+                }
+            }
+            #expect(ready == "READY=1")
+            let start = ContinuousClock.now
+            alive.closeWriteEnd()  // the "supervisor" dies
+            #expect(try await worker.waitForExit() == .exited(1))
+            #expect(ContinuousClock.now - start < .seconds(1))  // promised: 100 ms; generous bound
+            try await loop.shutdown()
+        }
+
+        @Test("outside a supervisor, the runtime says so and exits 78")
+        func notStartedBySupervisor() async throws {
+            let loop = try UVEventLoop(name: "plain-parent")
+            let process = try await loop.spawnProcess(UVSpawnOptions(executable: Self.workerPath, environment: ["PATH": "/usr/bin:/bin"]))
+            #expect(try await process.waitForExit() == .exited(78))
+            try await loop.shutdown()
+        }
+    }
+}
