@@ -78,6 +78,13 @@ let package = Package(
             path: "Examples/swift-worker",
             swiftSettings: swiftSettings
         ),
+        // A supervisor process for tests that kill one (not a product).
+        .executableTarget(
+            name: "FixtureSupervisor",
+            dependencies: ["BackgroundWorkers"],
+            path: "Tests/Fixtures/FixtureSupervisor",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "SupervisorDemo",
             dependencies: ["BackgroundWorkers", .product(name: "Logging", package: "swift-log")],
@@ -109,6 +116,7 @@ let package = Package(
                 "UVConcurrency",
                 "CWorkerSupport",
                 "SwiftWorker",
+                "FixtureSupervisor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

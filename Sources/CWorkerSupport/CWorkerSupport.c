@@ -10,6 +10,7 @@
 #include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -238,4 +239,18 @@ int cws_memfd(const char *name, uint64_t size) {
         return -err;
     }
     return fd;
+}
+
+int cws_wait_gone(pid_t pid, int timeout_ms) {
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd < 0) return errno == ESRCH ? 1 : -errno;
+    struct pollfd entry = {.fd = fd, .events = POLLIN, .revents = 0};
+    int result;
+    do {
+        result = poll(&entry, 1, timeout_ms);
+    } while (result < 0 && errno == EINTR);
+    int err = errno;
+    close(fd);
+    if (result < 0) return -err;
+    return result > 0 ? 1 : 0;
 }

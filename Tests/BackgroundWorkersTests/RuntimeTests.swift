@@ -105,6 +105,52 @@ extension SupervisorTests {
             try await loop.shutdown()
         }
 
+        @Test("a supervisor killed with SIGKILL leaves no worker behind: each is gone within a second")
+        func noOrphansAfterSupervisorKill() async throws {
+            let directory = Self.workerPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            let loop = try UVEventLoop(name: "kill-supervisor")
+            let output = try UVPipePair()
+            var options = UVSpawnOptions(
+                executable: directory + "/FixtureSupervisor",
+                arguments: [Self.workerPath, "3"],
+                environment: ["PATH": "/usr/bin:/bin"],
+                detached: true
+            )
+            options.descriptors = [0: 0, 1: output.writeEnd, 2: 2]
+            let spawnOptions = options
+            let supervisor = try await loop.submit { try loop.spawn(spawnOptions) }
+            output.closeWriteEnd()
+            let pids: [Int32] = try await withCheckedThrowingContinuation { done in
+                loop.execute {
+                    var pids: [Int32] = []
+                    var finished = false
+                    do {
+                        _ = try loop.readLines(from: output.readEnd) { line in
+                            if let pid = Int32(line) { pids.append(pid) }
+                            if line == "all ready", !finished {
+                                finished = true
+                                done.resume(returning: pids)
+                            }
+                        } onEnd: { _ in
+                            if !finished {
+                                finished = true
+                                done.resume(returning: pids)
+                            }
+                        }
+                    } catch {
+                        done.resume(throwing: error)
+                    }
+                }
+            }
+            try #require(pids.count == 3)
+            #expect(try await loop.submit { try supervisor.signal(.kill) })
+            #expect(try await supervisor.waitForExit() == .signaled(.kill))
+            for pid in pids {
+                #expect(cws_wait_gone(pid, 1000) == 1, "worker \(pid) outlived its supervisor by more than a second")
+            }
+            try await loop.shutdown()
+        }
+
         @Test("outside a supervisor, the runtime says so and exits 78")
         func notStartedBySupervisor() async throws {
             let loop = try UVEventLoop(name: "plain-parent")

@@ -77,6 +77,10 @@ int cws_spawn(const char *file, char *const argv[], char *const envp[], const ch
 /// named `name` in /proc/PID/fd, then `ftruncate`). Returns the descriptor or -errno.
 int cws_memfd(const char *name, uint64_t size);
 
+/// Waits up to `timeout_ms` for process `pid` (any process, not only a child) to end, through a pidfd.
+/// Returns 1 when it ended (or no longer exists), 0 on timeout, or -errno.
+int cws_wait_gone(pid_t pid, int timeout_ms);
+
 /// Reaps `pid` if it has exited (`waitpid(pid, WNOHANG)`). Returns 1 and sets `*exit_code` (or `*signal`,
 /// with `*exit_code` -1) when reaped, 0 when it still runs, or -errno.
 int cws_reap(pid_t pid, int *exit_code, int *signal);
