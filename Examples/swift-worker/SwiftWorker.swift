@@ -1,5 +1,9 @@
 import BackgroundWorkerRuntime
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A Swift background worker in a dozen lines: it reports ready, then serves reload requests until SIGTERM
 /// cancels it (exit 1) or the supervisor dies (exit 1 within 100 ms).
 ///
@@ -16,6 +20,29 @@ struct SwiftWorker: BackgroundWorkerMain {
             return
         case "throw":
             throw Failure()
+        case "shm-write":  // writes its main argument at offset 0 of shared memory, then serves
+            try worker.sharedMemory().storeBytes(of: worker.identity.mainArgument, toByteOffset: 0, as: UInt64.self)
+            try worker.reportReady()
+            for await _ in worker.reloads {}
+        case "shm-read":  // ready only if offset 0 holds its main argument
+            let value = try worker.sharedMemory().load(fromByteOffset: 0, as: UInt64.self)
+            guard value == worker.identity.mainArgument else { throw Failure() }
+            try worker.reportReady()
+            for await _ in worker.reloads {}
+        case "shm-none":  // ready only if it has no shared memory
+            guard (try? worker.sharedMemory()) == nil else { throw Failure() }
+            try worker.reportReady()
+            for await _ in worker.reloads {}
+        case "blocked":  // sends itself SIGTERM while signals are blocked: held until unblock, then exit 1
+            worker.withSignalsBlocked {
+                kill(getpid(), SIGTERM)
+                let deadline = ContinuousClock.now + .seconds(5)
+                while !worker.isTerminationRequested {  // the runtime saw it...
+                    if ContinuousClock.now > deadline { exit(4) }
+                }
+                if Task.isCancelled { exit(3) }  // ...and must not have acted on it while blocked
+            }
+            try await Task.sleep(for: .seconds(3600))  // the held SIGTERM cancels this at once: exit 1
         case "exit-on-reload":
             try worker.reportReady()
             for await _ in worker.reloads { return }  // the first SIGHUP: done, exit 0
@@ -26,3 +53,4 @@ struct SwiftWorker: BackgroundWorkerMain {
         }
     }
 }
+

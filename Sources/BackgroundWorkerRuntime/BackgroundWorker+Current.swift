@@ -1,4 +1,4 @@
-import BackgroundWorkerContract
+@_exported import BackgroundWorkerContract
 import CWorkerSupport
 
 #if canImport(Glibc)

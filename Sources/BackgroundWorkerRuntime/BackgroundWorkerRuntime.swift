@@ -111,8 +111,15 @@ final class Runtime: Sendable {
     func run() async -> Int32 {
         let body = self.body
         let context = self.context
-        let task = Task { try await body(context) }
+        // The body starts only once its task can be cancelled from the signal callbacks.
+        let (start, started) = AsyncStream<Void>.makeStream()
+        let task = Task {
+            for await _ in start { break }
+            try await body(context)
+        }
         self.task.set(task)
+        started.yield()
+        started.finish()
         let result = await task.result
         self.reloadContinuation.finish()
         switch result {

@@ -14,6 +14,7 @@ public final class WorkerContext: Sendable {
     /// body takes it are one request (signals coalesce anyway).
     public let reloads: WorkerReloads
     let signals: SignalGate
+    private let mapping = Mutex<UnsafeMutableRawBufferPointer?>(nil)
 
     init(identity: WorkerProcessContract.Identity, reloads: WorkerReloads, signals: SignalGate) {
         self.identity = identity
@@ -45,6 +46,32 @@ public final class WorkerContext: Sendable {
         }
     }
 
+    /// The supervisor's shared-memory segment, mapped read-write and shared (`MAP_SHARED`) at first use.
+    ///
+    /// Every worker with the shared-memory flag sees the same bytes; a crash reset gives the restarted workers
+    /// a new, zeroed segment. Coordinate access between workers yourself (atomics, or a lock in the segment).
+    /// - Throws: ``WorkerRuntimeError`` with ``WorkerRuntimeError/Code/noSharedMemory`` for a worker
+    ///   registered without `.sharedMemoryAccess` (or whose supervisor has `sharedMemorySize` 0).
+    public func sharedMemory() throws(WorkerRuntimeError) -> UnsafeMutableRawBufferPointer {
+        guard let segment = self.identity.sharedMemory else {
+            throw WorkerRuntimeError(
+                .noSharedMemory,
+                "worker '\(self.identity.name)' has no shared memory; register it with flags [.sharedMemoryAccess]"
+            )
+        }
+        let result: Result<UnsafeMutableRawBufferPointer, WorkerRuntimeError> = self.mapping.withLock { mapping in
+            if let mapping { return .success(mapping) }
+            let address = mmap(nil, segment.size, PROT_READ | PROT_WRITE, MAP_SHARED, segment.descriptor, 0)
+            guard let address, address != UnsafeMutableRawPointer(bitPattern: -1) else {
+                return .failure(WorkerRuntimeError(.noSharedMemory, "mapping the shared-memory segment (\(segment.size) bytes) failed: errno \(errno)"))
+            }
+            let buffer = UnsafeMutableRawBufferPointer(start: address, count: segment.size)
+            mapping = buffer
+            return .success(buffer)
+        }
+        return try result.get()
+    }
+
     /// Holds SIGTERM and SIGHUP (PostgreSQL's `BackgroundWorkerBlockSignals`): they are recorded, not acted on,
     /// until ``unblockSignals()``. The supervisor's grace-period SIGKILL still applies.
     public func blockSignals() {
@@ -55,6 +82,12 @@ public final class WorkerContext: Sendable {
     /// (`BackgroundWorkerUnblockSignals`).
     public func unblockSignals() {
         self.signals.unblock()
+    }
+
+    /// Whether a SIGTERM arrived: acted on (the body was cancelled) or, while signals are blocked, held.
+    /// PostgreSQL workers poll a flag like this (`ShutdownRequestPending`) in long loops.
+    public var isTerminationRequested: Bool {
+        self.signals.terminationRequested
     }
 
     /// Runs `body` with SIGTERM and SIGHUP held; they are acted on when it returns or throws.
@@ -97,6 +130,7 @@ final class SignalGate: Sendable {
         var blocked = 0
         var pendingTerminate = false
         var pendingReload = false
+        var terminationRequested = false
     }
 
     private let state = Mutex(State())
@@ -108,12 +142,20 @@ final class SignalGate: Sendable {
         self.onReload = onReload
     }
 
+    var terminationRequested: Bool { self.state.withLock { $0.terminationRequested } }
+
     func terminate() {
         let now = self.state.withLock { state -> Bool in
-            if state.blocked > 0 { state.pendingTerminate = true }
+            if state.blocked > 0 {
+                state.pendingTerminate = true
+                state.terminationRequested = true
+            }
             return state.blocked == 0
         }
-        if now { self.onTerminate() }
+        guard now else { return }
+        // Acted on: the body is cancelled before anyone can see the request.
+        self.onTerminate()
+        self.state.withLock { $0.terminationRequested = true }
     }
 
     func reload() {

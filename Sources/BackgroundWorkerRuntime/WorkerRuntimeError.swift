@@ -9,6 +9,7 @@ public struct WorkerRuntimeError: Error, Hashable, Sendable, CustomStringConvert
             case notReportingReadiness
             case readinessFailed
             case runtimeFailed
+            case noSharedMemory
         }
 
         private let base: Base
@@ -22,6 +23,8 @@ public struct WorkerRuntimeError: Error, Hashable, Sendable, CustomStringConvert
         public static let readinessFailed = Code(.readinessFailed)
         /// The runtime's event loop or watchers could not be set up.
         public static let runtimeFailed = Code(.runtimeFailed)
+        /// `sharedMemory()` in a worker without the shared-memory flag, or whose supervisor has no segment.
+        public static let noSharedMemory = Code(.noSharedMemory)
 
         /// The code's name.
         public var description: String {
@@ -30,6 +33,7 @@ public struct WorkerRuntimeError: Error, Hashable, Sendable, CustomStringConvert
             case .notReportingReadiness: "notReportingReadiness"
             case .readinessFailed: "readinessFailed"
             case .runtimeFailed: "runtimeFailed"
+            case .noSharedMemory: "noSharedMemory"
             }
         }
     }

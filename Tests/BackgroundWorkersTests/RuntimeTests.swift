@@ -151,6 +151,33 @@ extension SupervisorTests {
             try await loop.shutdown()
         }
 
+        @Test("shared memory: flagged workers map the same segment, an unflagged one gets an error")
+        func sharedMemory() async throws {
+            try await withSupervisor { supervisor in
+                var writer = Self.swiftWorker("shm-writer", "shm-write")
+                writer.flags = [.sharedMemoryAccess]
+                writer.mainArgument = 0xfeed_f00d
+                _ = try await supervisor.register(writer).waitForReady()
+                var reader = Self.swiftWorker("shm-reader", "shm-read")
+                reader.flags = [.sharedMemoryAccess]
+                reader.mainArgument = 0xfeed_f00d
+                _ = try await supervisor.register(reader).waitForReady()  // it read the writer's value
+                _ = try await supervisor.register(Self.swiftWorker("shm-none", "shm-none")).waitForReady()
+            }
+        }
+
+        @Test("SIGTERM while signals are blocked is held, then acted on at unblock")
+        func blockedSignalsAreHeld() async throws {
+            try await withSupervisor { supervisor in
+                // The worker sends itself SIGTERM inside withSignalsBlocked and waits until the runtime saw it:
+                // exit 3 if the body was cancelled while blocked, 4 if the runtime never saw it, 1 when held and
+                // acted on at unblock.
+                let handle = try await supervisor.register(Self.swiftWorker("blocker", "blocked"))
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.noRestart, lastExit: .exited(1)))
+            }
+        }
+
         @Test("outside a supervisor, the runtime says so and exits 78")
         func notStartedBySupervisor() async throws {
             let loop = try UVEventLoop(name: "plain-parent")
