@@ -24,6 +24,8 @@ let package = Package(
         .executable(name: "task-group-example", targets: ["TaskGroupExample"]),
         .executable(name: "loop-demo", targets: ["LoopDemo"]),
         .executable(name: "swift-worker", targets: ["SwiftWorker"]),
+        .executable(name: "bgworker-host", targets: ["bgworker-host"]),
+        .library(name: "ExampleLibraryWorker", type: .dynamic, targets: ["ExampleLibraryWorker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -72,6 +74,18 @@ let package = Package(
             dependencies: ["BackgroundWorkerContract", "UVConcurrency", "CWorkerSupport"],
             swiftSettings: swiftSettings
         ),
+        // Runs library entry points: dlopen + dlsym + call, inside the worker runtime.
+        .executableTarget(
+            name: "bgworker-host",
+            dependencies: ["BackgroundWorkerRuntime"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ExampleLibraryWorker",
+            dependencies: ["BackgroundWorkerRuntime"],
+            path: "Examples/library-worker",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "SwiftWorker",
             dependencies: ["BackgroundWorkerRuntime"],
@@ -117,6 +131,7 @@ let package = Package(
                 "CWorkerSupport",
                 "SwiftWorker",
                 "FixtureSupervisor",
+                "bgworker-host",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -105,6 +105,11 @@ extension BackgroundWorker {
 
 extension BackgroundWorker.EntryPoint {
     func validate(worker: String) throws(RegistrationError) {
+        if let library = self.library {
+            try BackgroundWorker.checkLabel(library.path, field: "entryPoint.library", worker: worker)
+            try BackgroundWorker.checkLabel(library.function, field: "entryPoint.function", worker: worker)
+            return
+        }
         guard let executable = self.executable else { return }
         guard !executable.path.isEmpty else {
             throw RegistrationError(workerName: worker, field: "entryPoint", value: "an empty executable path", rule: "but it must name a program")

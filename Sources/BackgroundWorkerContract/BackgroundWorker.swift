@@ -143,6 +143,7 @@ extension BackgroundWorker {
     public struct EntryPoint: Sendable, Hashable, Codable, CustomStringConvertible {
         private enum Base: Sendable, Hashable, Codable {
             case executable(path: String, arguments: [String], environment: [String: String], workingDirectory: String?)
+            case library(path: String, function: String)
         }
 
         private let base: Base
@@ -159,11 +160,29 @@ extension BackgroundWorker {
             EntryPoint(base: .executable(path: path, arguments: arguments, environment: environment, workingDirectory: workingDirectory))
         }
 
+        /// A function in a shared library (PostgreSQL's `bgw_library_name` and `bgw_function_name`): the
+        /// supervisor runs `bgworker-host`, which loads `path` with `dlopen`, resolves the exported C function
+        /// `void function(uint64_t main_arg)` with `dlsym`, and calls it with the main argument, inside the
+        /// worker runtime (so `BackgroundWorker.current` works there). Both names are at most 63 bytes.
+        public static func library(_ path: String, function: String) -> EntryPoint {
+            EntryPoint(base: .library(path: path, function: function))
+        }
+
         /// The executable's parts, for an executable entry point.
         public var executable: (path: String, arguments: [String], environment: [String: String], workingDirectory: String?)? {
             switch self.base {
             case .executable(let path, let arguments, let environment, let workingDirectory):
                 (path, arguments, environment, workingDirectory)
+            case .library:
+                nil
+            }
+        }
+
+        /// The library and function, for a library entry point.
+        public var library: (path: String, function: String)? {
+            switch self.base {
+            case .library(let path, let function): (path, function)
+            case .executable: nil
             }
         }
 
@@ -172,6 +191,8 @@ extension BackgroundWorker {
             switch self.base {
             case .executable(let path, let arguments, _, _):
                 (["executable", path] + arguments).joined(separator: " ")
+            case .library(let path, let function):
+                "library \(path), function \(function)"
             }
         }
     }

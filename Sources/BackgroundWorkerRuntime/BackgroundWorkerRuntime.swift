@@ -31,7 +31,14 @@ public enum BackgroundWorkerRuntime {
     public static let notStartedBySupervisorExitCode: Int32 = 78
 
     /// Runs `body` as this process's worker and exits with the contract's exit code. Never returns.
-    public static func run(_ body: @escaping @Sendable (WorkerContext) async throws -> Void) async -> Never {
+    /// - Parameters:
+    ///   - exitOnTerminate: Exit 1 at once on SIGTERM instead of cancelling the body (for bodies that cannot
+    ///     be cancelled, such as a C function). Held while signals are blocked, like any SIGTERM.
+    ///   - body: The worker's work.
+    public static func run(
+        exitOnTerminate: Bool = false,
+        _ body: @escaping @Sendable (WorkerContext) async throws -> Void
+    ) async -> Never {
         let identity: WorkerProcessContract.Identity
         do {
             identity = try BackgroundWorker.current
@@ -41,7 +48,7 @@ public enum BackgroundWorkerRuntime {
         }
         let runtime: Runtime
         do {
-            runtime = try await Runtime(identity: identity, body: body)
+            runtime = try await Runtime(identity: identity, exitOnTerminate: exitOnTerminate, body: body)
         } catch {
             Self.printError("worker '\(identity.name)': \(error)")
             exit(1)
@@ -50,7 +57,36 @@ public enum BackgroundWorkerRuntime {
         exit(code)
     }
 
-    static func printError(_ message: String) {
+    /// Tells the supervisor this worker is ready (a `READY=1` line on its readiness descriptor), from code
+    /// that has no ``WorkerContext`` (a library function run by `bgworker-host`).
+    /// - Throws: ``WorkerRuntimeError`` when the process was not started by a supervisor, the worker was
+    ///   registered without `reportsReadiness`, or the write failed.
+    public static func reportReady() throws(WorkerRuntimeError) {
+        try Self.reportReady(try BackgroundWorker.current)
+    }
+
+    static func reportReady(_ identity: WorkerProcessContract.Identity) throws(WorkerRuntimeError) {
+        guard let fd = identity.readinessDescriptor else {
+            throw WorkerRuntimeError(
+                .notReportingReadiness,
+                "worker '\(identity.name)' was registered without reportsReadiness; register it with reportsReadiness = true"
+            )
+        }
+        let line = Array(WorkerProcessContract.readyLine.utf8) + [UInt8(ascii: "\n")]
+        let written = line.withUnsafeBytes { bytes -> Int in
+            while true {
+                let result = write(fd, bytes.baseAddress, bytes.count)
+                if result < 0 && errno == EINTR { continue }
+                return result
+            }
+        }
+        guard written == line.count else {
+            throw WorkerRuntimeError(.readinessFailed, "writing READY=1 to descriptor \(fd) failed: errno \(errno)")
+        }
+    }
+
+    /// Writes a line to standard error.
+    public static func printError(_ message: String) {
         let line = Array((message + "\n").utf8)
         _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     }
@@ -78,7 +114,11 @@ final class Runtime: Sendable {
     private let task = BodyTask()
     private let reloadContinuation: AsyncStream<Void>.Continuation
 
-    init(identity: WorkerProcessContract.Identity, body: @escaping @Sendable (WorkerContext) async throws -> Void) async throws {
+    init(
+        identity: WorkerProcessContract.Identity,
+        exitOnTerminate: Bool,
+        body: @escaping @Sendable (WorkerContext) async throws -> Void
+    ) async throws {
         self.identity = identity
         self.body = body
         // An idle worker should not burn CPU: no spin before sleeping.
@@ -87,7 +127,10 @@ final class Runtime: Sendable {
         self.reloadContinuation = continuation
         let task = self.task
         let gate = SignalGate(
-            onTerminate: { task.cancel() },
+            onTerminate: {
+                if exitOnTerminate { exit(1) }
+                task.cancel()
+            },
             onReload: { continuation.yield() }
         )
         self.context = WorkerContext(identity: identity, reloads: WorkerReloads(stream: stream), signals: gate)

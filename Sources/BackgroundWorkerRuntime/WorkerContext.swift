@@ -27,23 +27,7 @@ public final class WorkerContext: Sendable {
     /// - Throws: ``WorkerRuntimeError`` when the worker was registered without `reportsReadiness`, or the
     ///   write failed (the supervisor is gone).
     public func reportReady() throws(WorkerRuntimeError) {
-        guard let fd = self.identity.readinessDescriptor else {
-            throw WorkerRuntimeError(
-                .notReportingReadiness,
-                "worker '\(self.identity.name)' was registered without reportsReadiness; register it with reportsReadiness = true"
-            )
-        }
-        let line = Array(WorkerProcessContract.readyLine.utf8) + [UInt8(ascii: "\n")]
-        let written = line.withUnsafeBytes { bytes -> Int in
-            while true {
-                let result = write(fd, bytes.baseAddress, bytes.count)
-                if result < 0 && errno == EINTR { continue }
-                return result
-            }
-        }
-        guard written == line.count else {
-            throw WorkerRuntimeError(.readinessFailed, "writing READY=1 to descriptor \(fd) failed: errno \(errno)")
-        }
+        try BackgroundWorkerRuntime.reportReady(self.identity)
     }
 
     /// The supervisor's shared-memory segment, mapped read-write and shared (`MAP_SHARED`) at first use.

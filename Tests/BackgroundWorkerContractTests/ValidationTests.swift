@@ -127,6 +127,16 @@ struct ValidationTests {
         #expect(refusal(reserved)?.field == "entryPoint.environment")
     }
 
+    @Test("library entry points: library and function names of at most 63 bytes (bgw_library_name, bgw_function_name)")
+    func libraryEntryRules() {
+        #expect(refusal(BackgroundWorker(name: "l", entryPoint: .library("libx.so", function: "main_fn"))) == nil)
+        let longLibrary = BackgroundWorker(name: "l", entryPoint: .library(String(repeating: "a", count: 64), function: "f"))
+        #expect(refusal(longLibrary)?.field == "entryPoint.library")
+        let emptyFunction = BackgroundWorker(name: "l", entryPoint: .library("libx.so", function: ""))
+        #expect(refusal(emptyFunction)?.field == "entryPoint.function")
+        #expect(BackgroundWorker.EntryPoint.library("libx.so", function: "f").executable == nil)
+    }
+
     @Test("the worker process contract round-trips an identity through the environment")
     func contractRoundTrip() throws {
         var worker = BackgroundWorker(name: "contract", entryPoint: Self.entry)

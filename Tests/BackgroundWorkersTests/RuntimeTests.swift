@@ -178,6 +178,35 @@ extension SupervisorTests {
             }
         }
 
+        @Test("a library entry point: bgworker-host loads it, calls the function with the main argument; SIGTERM exits 1")
+        func libraryEntryPoint() async throws {
+            // The supervisor looks up library names and bgworker-host beside its own executable: this test
+            // binary, built beside both.
+            try await withSupervisor { supervisor in
+                var worker = BackgroundWorker(name: "library", entryPoint: .library("libExampleLibraryWorker.so", function: "library_worker_main"))
+                worker.mainArgument = 77
+                worker.extra = Array("lib".utf8)
+                worker.reportsReadiness = true
+                worker.restartInterval = .never
+                let handle = try await supervisor.register(worker)
+                _ = try await handle.waitForReady()  // the function saw BackgroundWorker.current, argument and extra
+                await handle.terminate()
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))
+
+                var missing = worker
+                missing.entryPoint = .library("libExampleLibraryWorker.so", function: "no_such_function")
+                let noFunction = try await supervisor.register(missing)
+                #expect(try await noFunction.waitForShutdown() == .stopped)
+                #expect(await noFunction.detail == .unregistered(.noRestart, lastExit: .exited(1)))
+
+                missing.entryPoint = .library("libNoSuchLibrary.so", function: "library_worker_main")
+                let noLibrary = try await supervisor.register(missing)
+                #expect(try await noLibrary.waitForShutdown() == .stopped)
+                #expect(await noLibrary.detail == .unregistered(.noRestart, lastExit: .exited(1)))
+            }
+        }
+
         @Test("outside a supervisor, the runtime says so and exits 78")
         func notStartedBySupervisor() async throws {
             let loop = try UVEventLoop(name: "plain-parent")

@@ -17,6 +17,12 @@ extension WorkerSupervisor {
         /// The size in bytes of the shared-memory segment handed to workers with the shared-memory flag
         /// (descriptor 5); 0 for none. Default 1 MiB (only the pages workers touch use memory).
         public var sharedMemorySize: Int = 1 << 20
+        /// The `bgworker-host` executable that runs library entry points; `nil` looks for `bgworker-host` beside
+        /// this process's own executable.
+        public var hostExecutable: String?
+        /// Where library entry points named without a `/` are looked up (PostgreSQL's `$libdir`); `nil` is the
+        /// directory of this process's own executable.
+        public var libraryDirectory: String?
         /// How many undelivered events each ``WorkerSupervisor/events()`` sequence holds. Default 1,024.
         public var eventBufferSize: Int = 1024
         /// The clock for restart intervals, backoff and grace periods; tests pass a manual clock.

@@ -22,7 +22,19 @@ extension WorkerSupervisor {
     func start(_ worker: ManagedWorker) {
         worker.pendingRestart = nil
         worker.waitingForCrashReset = false
-        guard let executable = worker.registration.entryPoint.executable else { return }
+        let entry = worker.registration.entryPoint
+        let executable: (path: String, arguments: [String], environment: [String: String], workingDirectory: String?)
+        if let library = entry.library {
+            // bgworker-host loads the library and calls the function inside the worker runtime.
+            let directory = self.configuration.libraryDirectory ?? Self.executableDirectory
+            let path = library.path.contains("/") ? library.path : directory + "/" + library.path
+            let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
+            executable = (host, [path, library.function], [:], nil)
+        } else if let direct = entry.executable {
+            executable = direct
+        } else {
+            return
+        }
         let identity = WorkerProcessContract.Identity(
             worker: worker.registration,
             slot: worker.slot,
@@ -130,6 +142,16 @@ extension WorkerSupervisor {
         }
         self.scheduleRestart(worker, after: interval, lastExit: nil, spawnError: error)
     }
+
+    /// The directory of this process's executable (`/proc/self/exe`), read once.
+    static let executableDirectory: String = {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else { return "." }
+        let path = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return String(path[..<slash])
+    }()
 
     // MARK: - Exits
 
