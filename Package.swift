@@ -95,7 +95,7 @@ let package = Package(
         // A supervisor process for tests that kill one (not a product).
         .executableTarget(
             name: "FixtureSupervisor",
-            dependencies: ["BackgroundWorkers"],
+            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime"],
             path: "Tests/Fixtures/FixtureSupervisor",
             swiftSettings: swiftSettings
         ),

@@ -105,6 +105,10 @@ extension BackgroundWorker {
 
 extension BackgroundWorker.EntryPoint {
     func validate(worker: String) throws(RegistrationError) {
+        if let name = self.builtinName {
+            try BackgroundWorker.checkLabel(name, field: "entryPoint.builtin", worker: worker)
+            return
+        }
         if let library = self.library {
             try BackgroundWorker.checkLabel(library.path, field: "entryPoint.library", worker: worker)
             try BackgroundWorker.checkLabel(library.function, field: "entryPoint.function", worker: worker)

@@ -144,6 +144,7 @@ extension BackgroundWorker {
         private enum Base: Sendable, Hashable, Codable {
             case executable(path: String, arguments: [String], environment: [String: String], workingDirectory: String?)
             case library(path: String, function: String)
+            case builtin(name: String)
         }
 
         private let base: Base
@@ -168,12 +169,27 @@ extension BackgroundWorker {
             EntryPoint(base: .library(path: path, function: function))
         }
 
+        /// A worker built into the supervisor's own binary (PostgreSQL's `bgw_main` pointer, done the
+        /// `EXEC_BACKEND` way): the supervisor re-executes its own executable with the contract's marker
+        /// arguments, and the binary's `main` runs the closure registered under `name` with
+        /// `BuiltinWorkers.runIfRequested(_:)` (never `fork` without `exec` in a threaded Swift process).
+        /// The name is at most 63 bytes.
+        public static func builtin(_ name: String) -> EntryPoint {
+            EntryPoint(base: .builtin(name: name))
+        }
+
+        /// The name, for a built-in entry point.
+        public var builtinName: String? {
+            if case .builtin(let name) = self.base { return name }
+            return nil
+        }
+
         /// The executable's parts, for an executable entry point.
         public var executable: (path: String, arguments: [String], environment: [String: String], workingDirectory: String?)? {
             switch self.base {
             case .executable(let path, let arguments, let environment, let workingDirectory):
                 (path, arguments, environment, workingDirectory)
-            case .library:
+            case .library, .builtin:
                 nil
             }
         }
@@ -182,7 +198,7 @@ extension BackgroundWorker {
         public var library: (path: String, function: String)? {
             switch self.base {
             case .library(let path, let function): (path, function)
-            case .executable: nil
+            case .executable, .builtin: nil
             }
         }
 
@@ -193,6 +209,8 @@ extension BackgroundWorker {
                 (["executable", path] + arguments).joined(separator: " ")
             case .library(let path, let function):
                 "library \(path), function \(function)"
+            case .builtin(let name):
+                "built-in \(name)"
             }
         }
     }

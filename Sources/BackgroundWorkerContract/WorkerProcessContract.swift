@@ -23,6 +23,10 @@ public enum WorkerProcessContract {
     public static let aliveDescriptor: Int32 = 3
     /// The descriptor number of the readiness pipe's write end in workers that report readiness.
     public static let readinessDescriptor: Int32 = 4
+    /// The first argument with which a supervisor re-executes its own binary for a built-in worker; the second
+    /// is the built-in's name.
+    public static let builtinMarker = "--bgworker-builtin"
+
     /// The descriptor number of the shared-memory segment in workers with the shared-memory flag.
     public static let sharedMemoryDescriptor: Int32 = 5
     /// The line a worker writes to its readiness descriptor once it is ready.

@@ -207,12 +207,47 @@ extension SupervisorTests {
             }
         }
 
+        @Test("a built-in entry point: the supervisor re-executes its own binary, which runs the named closure")
+        func builtinEntryPoint() async throws {
+            let directory = Self.workerPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            let loop = try UVEventLoop(name: "builtin-parent")
+            let output = try UVPipePair()
+            var options = UVSpawnOptions(executable: directory + "/FixtureSupervisor", arguments: ["builtin"], environment: ["PATH": "/usr/bin:/bin"])
+            options.descriptors = [0: 0, 1: output.writeEnd, 2: 2]
+            let lines = try await readAllLines(loop, output, options)
+            #expect(lines.count == 3)
+            #expect(lines.first?.hasPrefix("builtin ready ") == true)
+            #expect(lines.dropFirst().first == "unregistered: terminated (exited with code 1)")
+            #expect(lines.last == "unregistered: exited and is never restarted (exited with code 1)")
+            try await loop.shutdown()
+        }
+
         @Test("outside a supervisor, the runtime says so and exits 78")
         func notStartedBySupervisor() async throws {
             let loop = try UVEventLoop(name: "plain-parent")
             let process = try await loop.spawnProcess(UVSpawnOptions(executable: Self.workerPath, environment: ["PATH": "/usr/bin:/bin"]))
             #expect(try await process.waitForExit() == .exited(78))
             try await loop.shutdown()
+        }
+    }
+}
+
+/// Spawns `options` (whose standard output is `pipe`'s write end) and returns every line it writes.
+func readAllLines(_ loop: UVEventLoop, _ pipe: UVPipePair, _ options: UVSpawnOptions) async throws -> [String] {
+    try await withCheckedThrowingContinuation { (result: CheckedContinuation<[String], any Error>) in
+        loop.execute {
+            do {
+                try loop.spawn(options)
+                pipe.closeWriteEnd()
+                var lines: [String] = []
+                _ = try loop.readLines(from: pipe.readEnd) { line in
+                    lines.append(line)
+                } onEnd: { _ in
+                    result.resume(returning: lines)
+                }
+            } catch {
+                result.resume(throwing: error)
+            }
         }
     }
 }

@@ -30,6 +30,9 @@ extension WorkerSupervisor {
             let path = library.path.contains("/") ? library.path : directory + "/" + library.path
             let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
             executable = (host, [path, library.function], [:], nil)
+        } else if let name = entry.builtinName {
+            // Re-execute this very binary; its main hands over to the built-in (BuiltinWorkers.runIfRequested).
+            executable = ("/proc/self/exe", [WorkerProcessContract.builtinMarker, name], [:], nil)
         } else if let direct = entry.executable {
             executable = direct
         } else {

@@ -1,3 +1,4 @@
+import BackgroundWorkerRuntime
 import BackgroundWorkers
 
 #if canImport(Glibc)
@@ -8,10 +9,24 @@ import Glibc
 /// as the first argument (in its `serve` mode), prints each one's pid once it is ready, then waits.
 ///
 /// Usage: fixture-supervisor WORKER-EXECUTABLE N
+///        fixture-supervisor builtin   (runs its built-in worker "echo" and reports how it went)
 @main
 struct FixtureSupervisor {
     static func main() async throws {
+        // A built-in worker: ready only if its registration arrived, then serves until SIGTERM.
+        await BuiltinWorkers.runIfRequested([
+            "echo": { worker in
+                guard worker.identity.mainArgument == 9 else { throw CancellationError() }
+                try worker.reportReady()
+                for await _ in worker.reloads {}
+                try Task.checkCancellation()
+            }
+        ])
         let arguments = CommandLine.arguments
+        if arguments.count == 2, arguments[1] == "builtin" {
+            try await Self.runBuiltin()
+            return
+        }
         guard arguments.count == 3, let count = Int(arguments[2]) else {
             emit("usage: fixture-supervisor WORKER-EXECUTABLE N")
             return
@@ -26,6 +41,28 @@ struct FixtureSupervisor {
             }
             emit("all ready")
             try await Task.sleep(for: .seconds(3600))
+        }
+    }
+}
+
+extension FixtureSupervisor {
+    static func runBuiltin() async throws {
+        try await withWorkerSupervisor { supervisor in
+            var worker = BackgroundWorker(name: "echo-builtin", entryPoint: .builtin("echo"))
+            worker.mainArgument = 9
+            worker.reportsReadiness = true
+            worker.restartInterval = .never
+            let handle = try await supervisor.register(worker)
+            let pid = try await handle.waitForReady()
+            emit("builtin ready \(pid)")
+            await handle.terminate()
+            _ = try await handle.waitForShutdown()
+            emit("\(await handle.detail)")
+            var unknown = worker
+            unknown.entryPoint = .builtin("no-such-builtin")
+            let missing = try await supervisor.register(unknown)
+            _ = try await missing.waitForShutdown()
+            emit("\(await missing.detail)")
         }
     }
 }

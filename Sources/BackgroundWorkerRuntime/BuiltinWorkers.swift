@@ -1,0 +1,40 @@
+import BackgroundWorkerContract
+
+/// Workers built into a supervisor's own binary (the entry point `.builtin(name)`).
+///
+/// The supervisor starts such a worker by executing its own binary again with the contract's marker
+/// arguments (`--bgworker-builtin NAME`): a fresh process, never a `fork` without `exec` of a threaded one.
+/// Call ``runIfRequested(_:)`` first thing in `main`:
+///
+/// ```swift
+/// @main struct App {
+///     static func main() async throws {
+///         await BuiltinWorkers.runIfRequested([
+///             "compactor": { worker in try worker.reportReady(); /* ... */ },
+///         ])
+///         // the supervisor's own main follows
+///     }
+/// }
+/// ```
+public enum BuiltinWorkers {
+    /// The exit code when the marker names a built-in this binary does not have.
+    public static let unknownBuiltinExitCode: Int32 = 1
+
+    /// If this process was started as a built-in worker, runs the named closure under
+    /// ``BackgroundWorkerRuntime`` and never returns; otherwise returns at once.
+    public static func runIfRequested(_ workers: [String: @Sendable (WorkerContext) async throws -> Void]) async {
+        let arguments = CommandLine.arguments
+        guard arguments.count >= 3, arguments[1] == WorkerProcessContract.builtinMarker else { return }
+        let name = arguments[2]
+        guard let body = workers[name] else {
+            let known = workers.keys.sorted().joined(separator: ", ")
+            BackgroundWorkerRuntime.printError("no built-in worker named '\(name)' in this binary (it has: \(known))")
+            exit(Self.unknownBuiltinExitCode)
+        }
+        await BackgroundWorkerRuntime.run(body)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
