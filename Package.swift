@@ -101,7 +101,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "SupervisorDemo",
-            dependencies: ["BackgroundWorkers", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime", .product(name: "Logging", package: "swift-log")],
             path: "Examples/supervisor-demo",
             swiftSettings: swiftSettings
         ),

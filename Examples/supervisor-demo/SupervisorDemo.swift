@@ -1,5 +1,11 @@
+import BackgroundWorkerRuntime
 import BackgroundWorkers
 import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The README's main job: a WorkerSupervisor running a built-in set of workers that shows the bgworker rules
 /// at work (start, readiness, a crash and the crash reset, restarts with backoff, a worker that is done), then
@@ -7,6 +13,8 @@ import Logging
 @main
 struct SupervisorDemo {
     static func main() async throws {
+        // When the supervisor re-executes this binary for its built-in "counter" worker, run that instead.
+        await BuiltinWorkers.runIfRequested(["counter": CounterWorker.run])
         let seconds = Self.seconds(from: CommandLine.arguments) ?? 8
         var configuration = WorkerSupervisor.Configuration()
         configuration.maxWorkerProcesses = 8
@@ -20,7 +28,19 @@ struct SupervisorDemo {
             for worker in Self.defaultWorkers() {
                 _ = try await supervisor.register(worker)
             }
+            CounterWorker.writeInterval(milliseconds: 1000)
+            let counterHandle = try await supervisor.register(CounterWorker.registration())
             print("supervisor running with \(await supervisor.slotsInUse) workers; Ctrl-C or \(seconds) s stops it")
+
+            // worker_spi's reload: after a while, a new interval for the counter, then SIGHUP.
+            let reloader = Task {
+                try await Task.sleep(for: .milliseconds(2500))
+                CounterWorker.writeInterval(milliseconds: 250)
+                if case .started(let pid) = await counterHandle.status {
+                    print("demo: new interval 250 ms for the counter, SIGHUP to pid \(pid)")
+                    kill(pid, SIGHUP)
+                }
+            }
 
             let interrupts = try await supervisor.loop.signals(.interrupt)
             await withTaskGroup(of: Void.self) { group in
@@ -33,6 +53,7 @@ struct SupervisorDemo {
                 await group.next()
                 group.cancelAll()
             }
+            reloader.cancel()
             print("fast shutdown: SIGTERM to every worker, SIGKILL after its grace period")
             await supervisor.shutdown(.fast)
             _ = await printer.result
@@ -86,5 +107,73 @@ struct SupervisorDemo {
     static func seconds(from arguments: [String]) -> Int? {
         guard let index = arguments.firstIndex(of: "--seconds"), index + 1 < arguments.count else { return nil }
         return Int(arguments[index + 1])
+    }
+}
+
+/// PostgreSQL's `worker_spi`, the Swift way: a restartable built-in worker that wakes every N milliseconds,
+/// counts its wake-ups in shared memory, and re-reads N (from a file) on SIGHUP.
+enum CounterWorker {
+    static let intervalFile = "/tmp/bgworker-demo-counter-interval"
+
+    static func registration() -> BackgroundWorker {
+        var worker = BackgroundWorker(name: "counter", entryPoint: .builtin("counter"))
+        worker.flags = [.sharedMemoryAccess]  // its counter lives in the supervisor's segment
+        worker.restartInterval = .seconds(1)
+        worker.reportsReadiness = true
+        worker.stopGracePeriod = .seconds(2)
+        return worker
+    }
+
+    static func writeInterval(milliseconds: Int) {
+        guard let file = fopen(Self.intervalFile, "we") else { return }
+        fputs("\(milliseconds)\n", file)
+        fclose(file)
+    }
+
+    static func readInterval() -> Int {
+        guard let file = fopen(Self.intervalFile, "re") else { return 1000 }
+        defer { fclose(file) }
+        var buffer = [CChar](repeating: 0, count: 32)
+        guard fgets(&buffer, 32, file) != nil else { return 1000 }
+        let text = String(decoding: buffer.prefix { $0 != 0 && $0 != 10 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return max(10, Int(text) ?? 1000)
+    }
+
+    @Sendable static func run(_ worker: WorkerContext) async throws {
+        let counter = try worker.sharedMemory()
+        var interval = Self.readInterval()
+        try worker.reportReady()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // Reloads arrive on their own task; the ticking loop picks up the new interval.
+            let reloaded = Reloaded()
+            group.addTask {
+                for await _ in worker.reloads { reloaded.set() }
+            }
+            while !Task.isCancelled {
+                try await Task.sleep(for: .milliseconds(interval))
+                let ticks = counter.load(fromByteOffset: 0, as: UInt64.self) + 1
+                counter.storeBytes(of: ticks, toByteOffset: 0, as: UInt64.self)
+                if reloaded.take() {
+                    interval = Self.readInterval()
+                    print("  counter     reloaded: interval \(interval) ms")
+                }
+                print("  counter     tick \(ticks) (every \(interval) ms)")
+            }
+            group.cancelAll()
+        }
+    }
+}
+
+/// A flag set by the reload task and taken by the ticking loop.
+final class Reloaded: Sendable {
+    private let flag = Mutex(false)
+
+    func set() { self.flag.withLock { $0 = true } }
+
+    func take() -> Bool {
+        self.flag.withLock { flag in
+            defer { flag = false }
+            return flag
+        }
     }
 }

@@ -24,6 +24,7 @@ import Glibc
 /// - SIGTERM cancels the body (PostgreSQL's `bgworker_die`); a body that ends by throwing, as a cancelled one
 ///   usually does, exits 1. A body that returns normally after SIGTERM chose to exit 0.
 /// - SIGHUP is a reload request in ``WorkerContext/reloads``.
+/// - SIGQUIT (immediate shutdown, a crash reset) exits 2 at once, never blocked.
 /// - Supervisor death (end of file on descriptor 3) cancels the body and exits 1 within 100 ms, whatever the
 ///   body does: no orphan outlives its supervisor.
 public enum BackgroundWorkerRuntime {
@@ -138,6 +139,9 @@ final class Runtime: Sendable {
         let aliveDescriptor = identity.aliveDescriptor
         try await loop.submit {
             _ = try loop.watchSignal(.terminate) { gate.terminate() }
+            // SIGQUIT (immediate shutdown, crash reset): exit at once, as PostgreSQL's quickdie. Without this,
+            // Swift's crash backtracer takes SIGQUIT as a crash and can hang the process until SIGKILL.
+            _ = try loop.watchSignal(.quit) { _exit(2) }
             _ = try loop.watchSignal(.hangup) { gate.reload() }
             _ = try loop.readLines(from: aliveDescriptor, onLine: { _ in }) { _ in
                 // The supervisor is gone: cancel, and exit within 100 ms whatever the body does.

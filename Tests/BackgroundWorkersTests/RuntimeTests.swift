@@ -48,6 +48,20 @@ extension SupervisorTests {
             }
         }
 
+        @Test("SIGQUIT (immediate shutdown, crash reset) makes a Swift worker exit 2 at once")
+        func sigquitExitsAtOnce() async throws {
+            let supervisor = try WorkerSupervisor()
+            let log = await EventLog(supervisor)
+            let handle = try await supervisor.register(Self.swiftWorker("quitter", "serve"))
+            let runner = Task { try await supervisor.run() }
+            let pid = try await handle.waitForReady()
+            let start = ContinuousClock.now
+            await supervisor.shutdown(.immediate)
+            try await runner.value
+            #expect(log.kinds(of: "quitter").contains(.exited(pid: pid, status: .exited(2))))
+            #expect(ContinuousClock.now - start < .seconds(4))  // not the 5 s SIGKILL fallback
+        }
+
         @Test("SIGHUP arrives as a reload request")
         func sighupReloads() async throws {
             try await withSupervisor { supervisor in
