@@ -56,5 +56,26 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),
+        .executableTarget(name: "BenchEmptyMain"),
+        .executableTarget(name: "BenchEmptyAsyncMain", swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(
+            name: "BenchSwiftWorker",
+            dependencies: [.product(name: "BackgroundWorkerRuntime", package: "swift-background-workers")],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "Worker",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "BackgroundWorkers", package: "swift-background-workers"),
+                .product(name: "Logging", package: "swift-log"),
+                "BenchEmptyMain",
+                "BenchEmptyAsyncMain",
+                "BenchSwiftWorker",
+            ],
+            path: "Benchmarks/Worker",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
     ]
 )

@@ -14,6 +14,13 @@ import sys
 # (benchmark, baseline it is compared with, floor on the ratio or None)
 COMPARISONS = {
     "Supervisor": [],
+    "Worker": [
+        ("register→exited: /bin/true (baseline)", None, None),
+        ("register→exited: empty Swift main (baseline)", "register→exited: /bin/true (baseline)", None),
+        ("register→exited: empty async Swift main (baseline)", "register→exited: empty Swift main (baseline)", None),
+        ("register→exited: Swift worker on the runtime, returning at once", "register→exited: empty Swift main (baseline)", 1.2),
+        ("register→ready: Swift worker on the runtime", "register→exited: empty Swift main (baseline)", None),
+    ],
     "ExecutorHop": [
         ("hop: actor on a SwiftNIO EventLoop (baseline)", None, None),
         ("hop: actor on a UVEventLoop", "hop: actor on a SwiftNIO EventLoop (baseline)", 1.0),

@@ -55,7 +55,14 @@ public enum BackgroundWorkerRuntime {
             exit(1)
         }
         let code = await runtime.run()
-        exit(code)
+        Self.exitNow(code)
+    }
+
+    /// Flushes standard output and error, then ends the process without running exit handlers: the worker is
+    /// done, and tearing down the concurrency runtime and the event loop thread costs about a millisecond.
+    static func exitNow(_ code: Int32) -> Never {
+        fflush(nil)
+        _exit(code)
     }
 
     /// Tells the supervisor this worker is ready (a `READY=1` line on its readiness descriptor), from code

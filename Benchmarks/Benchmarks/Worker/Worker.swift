@@ -1,0 +1,65 @@
+import BackgroundWorkers
+import Benchmark
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The start cost of Swift workers under a supervisor, against `/bin/true` and an empty Swift `main` in the
+/// same run: what the worker runtime adds.
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock],
+        timeUnits: .microseconds,
+        warmupIterations: 10,
+        maxDuration: .seconds(5),
+        maxIterations: 1000
+    )
+
+    let directory: String = {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink("/proc/self/exe", &buffer, 4095)
+        let path = String(decoding: buffer.prefix(max(0, count)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+    }()
+    var configuration = WorkerSupervisor.Configuration()
+    configuration.logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
+    let supervisor = try! WorkerSupervisor(configuration: configuration)
+    Task { try await supervisor.run() }
+
+    func worker(_ name: String, _ path: String, _ arguments: [String] = [], ready: Bool = false) -> BackgroundWorker {
+        // The benchmark runner's LD_PRELOAD would cost every child milliseconds: empty it.
+        var worker = BackgroundWorker(name: name, entryPoint: .executable(path, arguments: arguments, environment: ["LD_PRELOAD": ""]))
+        worker.restartInterval = .never
+        worker.reportsReadiness = ready
+        return worker
+    }
+
+    let cases = [
+        ("register→exited: /bin/true (baseline)", worker("true", "/bin/true")),
+        ("register→exited: empty Swift main (baseline)", worker("empty", directory + "/BenchEmptyMain")),
+        ("register→exited: empty async Swift main (baseline)", worker("empty-async", directory + "/BenchEmptyAsyncMain")),
+        ("register→exited: Swift worker on the runtime, returning at once", worker("runtime", directory + "/BenchSwiftWorker", ["return"])),
+    ]
+    for (name, registration) in cases {
+        Benchmark(name) { benchmark in
+            for _ in benchmark.scaledIterations {
+                let handle = try await supervisor.register(registration)
+                _ = try await handle.waitForShutdown()
+            }
+        }
+    }
+
+    let serving = worker("serving", directory + "/BenchSwiftWorker", ["serve"], ready: true)
+    Benchmark("register→ready: Swift worker on the runtime") { benchmark in
+        for _ in benchmark.scaledIterations {
+            benchmark.startMeasurement()
+            let handle = try await supervisor.register(serving)
+            _ = try await handle.waitForReady()
+            benchmark.stopMeasurement()
+            await handle.terminate()
+            _ = try await handle.waitForShutdown()
+        }
+    }
+}
