@@ -101,6 +101,7 @@ struct SupervisorDemo {
         case .gaveUp: return "  \(name) gave up: restart budget spent"
         case .unregistered(let reason): return "  \(name) unregistered: \(reason)"
         case .crashReset: return "  \(name) crashed: resetting every shared-memory worker"
+        case .reportedError(let text): return "  \(name) reports: \(text)"
         }
     }
 

@@ -10,7 +10,7 @@
 /// | `BGW_FLAGS` | the flags' bits, in decimal (1: shared memory, 2: database connection) |
 /// | `BGW_SUPERVISOR_PID` | the supervisor's process id |
 /// | `BGW_ALIVE_FD` | descriptor 3: the read end of the supervisor-alive pipe. Nothing is ever written to it; it reaches end of file when the supervisor dies (PostgreSQL's postmaster-death pipe) |
-/// | `BGW_READY_FD` | descriptor 4, for workers registered with `reportsReadiness`: the write end of the readiness pipe. Write the line `READY=1` once ready |
+/// | `BGW_READY_FD` | descriptor 4, for workers registered with `reportsReadiness`: the write end of the readiness pipe. Write the line `READY=1` once ready; a line `ERROR=text` says why it fails |
 /// | `BGW_SHM_FD`, `BGW_SHM_SIZE` | descriptor 5 and its size in bytes, for workers with the shared-memory flag when the supervisor has a segment: the supervisor's shared-memory segment (a memfd; `mmap` it `MAP_SHARED`). A crash reset replaces it with a new, zeroed one |
 ///
 /// Exit codes: 0 means done (the worker is unregistered), 1 means restart after the interval, anything else
@@ -31,6 +31,9 @@ public enum WorkerProcessContract {
     public static let sharedMemoryDescriptor: Int32 = 5
     /// The line a worker writes to its readiness descriptor once it is ready.
     public static let readyLine = "READY=1"
+    /// The prefix of a line a worker may write to its readiness descriptor to say why it is failing; the
+    /// supervisor keeps the last one (`BackgroundWorkerHandle.lastReportedError`).
+    public static let errorLinePrefix = "ERROR="
     /// The longest line the supervisor reads from a readiness descriptor; a longer one closes it.
     public static let maxReadinessLineLength = 1024
 

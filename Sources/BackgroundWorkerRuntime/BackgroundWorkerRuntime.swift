@@ -93,6 +93,15 @@ public enum BackgroundWorkerRuntime {
         }
     }
 
+    /// Tells the supervisor why the worker fails: an `ERROR=` line on the readiness descriptor, when there is
+    /// one (newlines become spaces; at most 1,000 bytes are kept by the supervisor).
+    static func reportError(_ message: String, _ identity: WorkerProcessContract.Identity) {
+        guard let fd = identity.readinessDescriptor else { return }
+        let text = message.split(whereSeparator: \.isNewline).joined(separator: " ")
+        let line = Array((WorkerProcessContract.errorLinePrefix + text + "\n").utf8)
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    }
+
     /// Writes a line to standard error.
     public static func printError(_ message: String) {
         let line = Array((message + "\n").utf8)
@@ -182,6 +191,7 @@ final class Runtime: Sendable {
         case .failure(let error):
             if !(error is CancellationError) {
                 BackgroundWorkerRuntime.printError("worker '\(self.identity.name)' failed: \(error)")
+                BackgroundWorkerRuntime.reportError("\(error)", self.identity)
             }
             return 1
         }

@@ -213,11 +213,16 @@ extension SupervisorTests {
                 let noFunction = try await supervisor.register(missing)
                 #expect(try await noFunction.waitForShutdown() == .stopped)
                 #expect(await noFunction.detail == .unregistered(.noRestart, lastExit: .exited(1)))
+                // The status names both the library and the function.
+                let reported = await noFunction.lastReportedError ?? ""
+                #expect(reported.contains("libExampleLibraryWorker.so") && reported.contains("no_such_function"))
 
                 missing.entryPoint = .library("libNoSuchLibrary.so", function: "library_worker_main")
                 let noLibrary = try await supervisor.register(missing)
                 #expect(try await noLibrary.waitForShutdown() == .stopped)
                 #expect(await noLibrary.detail == .unregistered(.noRestart, lastExit: .exited(1)))
+                let unloadable = await noLibrary.lastReportedError ?? ""
+                #expect(unloadable.contains("libNoSuchLibrary.so") && unloadable.contains("library_worker_main"))
             }
         }
 

@@ -402,6 +402,26 @@ extension UVConcurrencyTests {
             }
         }
 
+        @Test("drainAndClose delivers what an exited writer left in the pipe, before its reader's next turn")
+        func drainAndClose() async throws {
+            try await withLoop { loop async throws in
+                let output = try UVPipePair()
+                var options = Self.shell("printf 'first\\nsecond'")
+                options.descriptors = [1: output.writeEnd, 2: 2]
+                let process = try await loop.spawnProcess(options)
+                output.closeWriteEnd()
+                #expect(try await process.waitForExit() == .exited(0))
+                let lines = Collector<String>()
+                let ends = Collector<UVLineReader.EndReason>()
+                try await loop.submit {
+                    let reader = try loop.readLines(from: output.readEnd) { lines.append($0) } onEnd: { ends.append($0) }
+                    reader.drainAndClose()  // in the same turn: nothing has been read by the loop yet
+                }
+                #expect(lines.all == ["first", "second"])
+                #expect(ends.all == [.endOfFile])
+            }
+        }
+
         @Test("an overlong line ends reading with lineTooLong")
         func overlongLine() async throws {
             try await withLoop { loop async throws in

@@ -22,6 +22,8 @@ public struct WorkerEvent: Sendable, Hashable, CustomStringConvertible {
         case unregistered(UnregisterReason)
         /// A crash of this worker reset every shared-memory worker.
         case crashReset
+        /// The worker wrote an `ERROR=` line to its readiness descriptor.
+        case reportedError(String)
     }
 
     /// The worker's handle.

@@ -43,6 +43,12 @@ public struct BackgroundWorkerHandle: Sendable, Hashable, CustomStringConvertibl
         get async { await self.supervisor.detail(of: self) }
     }
 
+    /// The last `ERROR=` line the worker wrote to its readiness descriptor (the worker runtime writes one when
+    /// the body throws, `bgworker-host` when a library or function is missing), or nil.
+    public var lastReportedError: String? {
+        get async { await self.supervisor.lastReportedError(of: self) }
+    }
+
     /// Waits until the worker has a process (`WaitForBackgroundWorkerStartup`) and returns its pid.
     /// - Throws: ``SupervisorError`` ``SupervisorError/Code/workerStopped`` when it stopped or was never started
     ///   (the error's detail says why), ``SupervisorError/Code/supervisorStopped``, or `CancellationError`.

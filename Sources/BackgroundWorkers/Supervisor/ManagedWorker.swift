@@ -31,6 +31,8 @@ final class ManagedWorker {
     var waitingForCrashReset = false
 
     var lastExit: UVExitStatus?
+    /// The last `ERROR=` line the worker wrote to its readiness descriptor.
+    var lastReportedError: String?
     /// Restart times on the supervisor's clock, within the budget's window.
     var restartTimes: [Duration] = []
     var consecutiveRestarts = 0

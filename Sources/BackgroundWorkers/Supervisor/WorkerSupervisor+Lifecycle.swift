@@ -112,9 +112,16 @@ extension WorkerSupervisor {
                 from: descriptor,
                 maxLineLength: WorkerProcessContract.maxReadinessLineLength,
                 onLine: { [handle = self.handle(worker)] line in
-                    guard line == WorkerProcessContract.readyLine else { return }
                     self.assumeIsolated { supervisor in
-                        if let worker = supervisor.worker(handle) { supervisor.becameReady(worker) }
+                        guard let worker = supervisor.worker(handle) else { return }
+                        if line == WorkerProcessContract.readyLine {
+                            supervisor.becameReady(worker)
+                        } else if line.hasPrefix(WorkerProcessContract.errorLinePrefix) {
+                            let text = String(line.dropFirst(WorkerProcessContract.errorLinePrefix.count).prefix(1000))
+                            worker.lastReportedError = text
+                            supervisor.logger.error("worker reports: \(text)", metadata: worker.metadata)
+                            supervisor.emit(worker, .reportedError(text))
+                        }
                     }
                 },
                 onEnd: { _ in }
@@ -166,7 +173,9 @@ extension WorkerSupervisor {
         worker.ready = false
         worker.killTask?.cancel()
         worker.killTask = nil
-        worker.readinessReader?.cancel()
+        // What the worker wrote before exiting (an ERROR= line, say) is read now, not lost to the race with the
+        // exit notification.
+        worker.readinessReader?.drainAndClose()
         worker.readinessReader = nil
         self.runningCount -= 1
         self.metrics.running.record(self.runningCount)
@@ -247,6 +256,7 @@ extension WorkerSupervisor {
         worker.pendingRestart = nil
         let detail = WorkerStatusDetail.unregistered(reason, lastExit: worker.lastExit)
         self.slots.remove(slot: worker.slot, outcome: detail)
+        self.reportedErrors[worker.slot] = worker.lastReportedError.map { (worker.generation, $0) }
         self.metrics.slotsInUse.record(self.slots.used)
         self.logger.info("unregistered: \(reason)", metadata: worker.metadata)
         self.emit(worker, .unregistered(reason))

@@ -61,6 +61,8 @@ public actor WorkerSupervisor {
     var startupTask: Task<Void, Never>?
     var startupError: (any Error)?
     var registrations: UInt64 = 0
+    /// Per slot: the last `ERROR=` line of its latest unregistered generation.
+    var reportedErrors: [Int: (generation: UInt64, text: String)] = [:]
     var runningCount = 0
 
     let metrics: SupervisorMetrics
@@ -232,6 +234,15 @@ public actor WorkerSupervisor {
             return self.slots.outcome(slot: handle.slot, generation: handle.generation)
         }
         return worker.detail
+    }
+
+    /// The last `ERROR=` line a handle's worker wrote to its readiness descriptor (for example why a library
+    /// entry point could not be loaded), or nil; kept after the worker was unregistered, until its slot is
+    /// reused.
+    public func lastReportedError(of handle: BackgroundWorkerHandle) -> String? {
+        if let worker = self.worker(handle) { return worker.lastReportedError }
+        guard let kept = self.reportedErrors[handle.slot], kept.generation == handle.generation else { return nil }
+        return kept.text
     }
 
     /// The number of slots in use.

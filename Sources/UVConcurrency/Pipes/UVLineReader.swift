@@ -1,5 +1,9 @@
 import CLibUV
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Reads newline-terminated lines from a descriptor on a ``UVEventLoop`` (made by
 /// ``UVEventLoop/readLines(from:maxLineLength:onLine:onEnd:)``).
 ///
@@ -90,6 +94,34 @@ public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
     /// Stops reading and closes the descriptor; `onEnd` gets ``EndReason/closed``. Loop thread only.
     public func cancel() {
         self.loop.preconditionInEventLoop()
+        self.close(reason: .closed)
+    }
+
+    /// Reads, without waiting, every byte already in the descriptor and delivers its lines (a last unterminated
+    /// line too, when the writer is gone), then stops reading. For a pipe whose writer has exited: what it wrote
+    /// before exiting is not lost to a race between its exit and this reader's next turn. `onEnd` gets
+    /// ``EndReason/endOfFile`` or ``EndReason/closed``. Loop thread only.
+    public func drainAndClose() {
+        self.loop.preconditionInEventLoop()
+        guard let handle = self.handle else { return }
+        var descriptor: uv_os_fd_t = -1
+        guard uv_fileno(cuv_pipe_as_handle(handle), &descriptor) == 0 else {
+            self.close(reason: .closed)
+            return
+        }
+        while self.handle != nil {
+            let count = read(descriptor, self.buffer.baseAddress, self.buffer.count)
+            if count > 0 {
+                self.didRead(count)
+            } else if count == 0 {
+                self.didRead(Int(cuv_eof()))  // delivers the last partial line and closes
+                return
+            } else if errno == EINTR {
+                continue
+            } else {
+                break  // EAGAIN: a writer is still alive; what was there has been delivered
+            }
+        }
         self.close(reason: .closed)
     }
 
