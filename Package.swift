@@ -117,6 +117,13 @@ let package = Package(
             path: "Examples/loop-demo",
             swiftSettings: swiftSettings
         ),
+        // Helpers shared by the test targets (reading a child's output, /proc checks, a collector).
+        .target(
+            name: "TestSupport",
+            dependencies: ["UVConcurrency", "CWorkerSupport"],
+            path: "Tests/TestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "BackgroundWorkerContractTests",
             dependencies: ["BackgroundWorkerContract"],
@@ -132,6 +139,7 @@ let package = Package(
                 "SwiftWorker",
                 "FixtureSupervisor",
                 "bgworker-host",
+                "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -140,7 +148,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UVConcurrencyTests",
-            dependencies: ["UVConcurrency", "CWorkerSupport"],
+            dependencies: ["UVConcurrency", "CWorkerSupport", "TestSupport"],
             swiftSettings: swiftSettings
         ),
     ]

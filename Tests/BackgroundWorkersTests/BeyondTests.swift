@@ -3,6 +3,7 @@ import Logging
 import MetricsTestKit
 import ServiceLifecycle
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -181,7 +182,7 @@ extension SupervisorTests {
                     return pid
                 }
                 #expect(pids.count == 1000)
-                #expect(zombies(among: pids).isEmpty)
+                #expect(zombieChildren(among: pids).isEmpty)
                 #expect(await supervisor.slotsInUse == 0)
                 #expect(openDescriptorCount() == before)
             }
@@ -203,7 +204,7 @@ extension SupervisorTests {
             }
             let all = pids.withLock { $0 }
             #expect(all.count == 3)
-            #expect(zombies(among: all).isEmpty)
+            #expect(zombieChildren(among: all).isEmpty)
             #expect(all.allSatisfy { !processExists($0) })
         }
 
@@ -250,7 +251,7 @@ extension SupervisorTests {
             await group.triggerGracefulShutdown()
             try await running.value
             #expect(await handle.status == .supervisorDied)
-            #expect(zombies(among: [pid]).isEmpty)
+            #expect(zombieChildren(among: [pid]).isEmpty)
             #expect(!processExists(pid))
         }
     }

@@ -1,5 +1,6 @@
 import BackgroundWorkers
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -278,7 +279,7 @@ extension SupervisorTests {
             await clock.waitForSleepers(1)
             clock.advance(by: .seconds(3))
             try await runner.value  // returns only once every child was reaped
-            #expect(zombies(among: [stubbornPid]).isEmpty)
+            #expect(zombieChildren(among: [stubbornPid]).isEmpty)
             #expect(try await probe.awaitAllGone() == .endOfFile)
         }
 

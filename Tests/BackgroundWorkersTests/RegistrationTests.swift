@@ -1,4 +1,5 @@
 import BackgroundWorkers
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -37,7 +38,7 @@ extension SupervisorTests {
             #expect(await handle.status == .started(pid: pid))
             await supervisor.shutdown(.fast)
             try await runner.value
-            #expect(!processExists(pid) || zombies(among: [pid]).isEmpty)
+            #expect(!processExists(pid) || zombieChildren(among: [pid]).isEmpty)
         }
 
         @Test("PG-3: no free slot is a typed error naming used and limit, and changes nothing")

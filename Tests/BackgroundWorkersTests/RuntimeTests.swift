@@ -1,5 +1,6 @@
 import BackgroundWorkers
 import CWorkerSupport
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -247,26 +248,6 @@ extension SupervisorTests {
             let process = try await loop.spawnProcess(UVSpawnOptions(executable: Self.workerPath, environment: ["PATH": "/usr/bin:/bin"]))
             #expect(try await process.waitForExit() == .exited(78))
             try await loop.shutdown()
-        }
-    }
-}
-
-/// Spawns `options` (whose standard output is `pipe`'s write end) and returns every line it writes.
-func readAllLines(_ loop: UVEventLoop, _ pipe: UVPipePair, _ options: UVSpawnOptions) async throws -> [String] {
-    try await withCheckedThrowingContinuation { (result: CheckedContinuation<[String], any Error>) in
-        loop.execute {
-            do {
-                try loop.spawn(options)
-                pipe.closeWriteEnd()
-                var lines: [String] = []
-                _ = try loop.readLines(from: pipe.readEnd) { line in
-                    lines.append(line)
-                } onEnd: { _ in
-                    result.resume(returning: lines)
-                }
-            } catch {
-                result.resume(throwing: error)
-            }
         }
     }
 }

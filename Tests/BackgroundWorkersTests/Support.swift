@@ -1,6 +1,7 @@
 import BackgroundWorkers
 import CWorkerSupport
 import Synchronization
+import TestSupport
 import Testing
 import UVConcurrency
 
@@ -209,21 +210,6 @@ final class ManualClock: Clock, @unchecked Sendable {
             return due
         }
         for sleeper in due { sleeper.continuation.resume() }
-    }
-}
-
-/// The zombie children of this process among `pids`, from `/proc`.
-func zombies(among pids: [Int32]) -> [Int32] {
-    let me = getpid()
-    return pids.filter { pid in
-        guard let file = fopen("/proc/\(pid)/stat", "re") else { return false }
-        defer { fclose(file) }
-        var buffer = [CChar](repeating: 0, count: 512)
-        guard fgets(&buffer, 512, file) != nil else { return false }
-        let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard let close = line.lastIndex(of: ")") else { return false }
-        let fields = line[line.index(after: close)...].split(separator: " ")
-        return fields.count >= 2 && fields[0] == "Z" && Int32(fields[1]) == me
     }
 }
 

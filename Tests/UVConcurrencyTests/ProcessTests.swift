@@ -1,5 +1,6 @@
 import CWorkerSupport
 import Synchronization
+import TestSupport
 import Testing
 import UVConcurrency
 
@@ -445,46 +446,6 @@ extension UVConcurrencyTests {
                 }
                 #expect(lines.all == ["ok"])
                 #expect(ended == .lineTooLong(limit: 100))
-            }
-        }
-    }
-}
-
-/// Spawns `options` (whose standard output is `pipe`'s write end) and returns every line it writes.
-func readAllLines(_ loop: UVEventLoop, _ pipe: UVPipePair, _ options: UVSpawnOptions) async throws -> [String] {
-    try await withCheckedThrowingContinuation { (result: CheckedContinuation<[String], any Error>) in
-        loop.execute {
-            do {
-                try loop.spawn(options)
-                _ = cws_close(pipe.writeEnd)
-                var lines: [String] = []
-                _ = try loop.readLines(from: pipe.readEnd) { line in
-                    lines.append(line)
-                } onEnd: { _ in
-                    result.resume(returning: lines)
-                }
-            } catch {
-                result.resume(throwing: error)
-            }
-        }
-    }
-}
-
-/// Spawns `options` (whose standard output is `pipe`'s write end) and returns the first line it writes.
-func readFirstLine(_ loop: UVEventLoop, _ pipe: UVPipePair, _ options: UVSpawnOptions) async throws -> String {
-    try await withCheckedThrowingContinuation { (result: CheckedContinuation<String, any Error>) in
-        loop.execute {
-            do {
-                try loop.spawn(options)
-                _ = cws_close(pipe.writeEnd)
-                var first: String?
-                _ = try loop.readLines(from: pipe.readEnd) { line in
-                    if first == nil { first = line }
-                } onEnd: { _ in
-                    result.resume(returning: first ?? "")
-                }
-            } catch {
-                result.resume(throwing: error)
             }
         }
     }

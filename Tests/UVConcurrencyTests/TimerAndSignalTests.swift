@@ -1,5 +1,6 @@
 import CWorkerSupport
 import Synchronization
+import TestSupport
 import Testing
 import UVConcurrency
 
