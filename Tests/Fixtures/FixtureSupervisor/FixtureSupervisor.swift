@@ -40,7 +40,10 @@ struct FixtureSupervisor {
                 emit("\(try await handle.waitForReady())")
             }
             emit("all ready")
-            try await Task.sleep(for: .seconds(3600))
+            // Run until the test kills this process: a stream that never yields nor finishes.
+            let (forever, continuation) = AsyncStream<Void>.makeStream()
+            for await _ in forever {}
+            continuation.finish()  // never reached; keeps the continuation (and so the stream) alive
         }
     }
 }
