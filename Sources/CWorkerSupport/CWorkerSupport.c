@@ -47,22 +47,6 @@ static int cws_change_mask(int how, const int *signals, int count) {
 
 int cws_unblock_signals(const int *signals, int count) { return cws_change_mask(SIG_UNBLOCK, signals, count); }
 
-int cws_block_signals(const int *signals, int count) { return cws_change_mask(SIG_BLOCK, signals, count); }
-
-int cws_signal_is_blocked(int signal) {
-    sigset_t current;
-    if (pthread_sigmask(SIG_BLOCK, NULL, &current) != 0) return -1;
-    return sigismember(&current, signal);
-}
-
-int cws_ignore_signal(int signal) {
-    struct sigaction action;
-    memset(&action, 0, sizeof(action));
-    action.sa_handler = SIG_IGN;
-    sigemptyset(&action.sa_mask);
-    return sigaction(signal, &action, NULL) == 0 ? 0 : errno;
-}
-
 int cws_signal_is_default(int signal) {
     struct sigaction current;
     if (sigaction(signal, NULL, &current) != 0) return -1;

@@ -24,15 +24,6 @@ void cws_set_thread_name(const char *name);
 /// Unblocks the `count` signals in `signals` on the calling thread (`pthread_sigmask`). Returns 0 or an errno.
 int cws_unblock_signals(const int *signals, int count);
 
-/// Blocks the `count` signals in `signals` on the calling thread. Returns 0 or an errno.
-int cws_block_signals(const int *signals, int count);
-
-/// Whether `signal` is blocked on the calling thread: 1 yes, 0 no, -1 on error.
-int cws_signal_is_blocked(int signal);
-
-/// Sets the disposition of `signal` to ignore (`SIG_IGN`). Returns 0 or an errno.
-int cws_ignore_signal(int signal);
-
 /// Whether `signal`'s disposition is the default action (`SIG_DFL`): 1 yes, 0 no, -1 on error.
 int cws_signal_is_default(int signal);
 

@@ -41,9 +41,6 @@ final class LoopWaiters<Value: Sendable>: @unchecked Sendable {
         }
     }
 
-    /// Loop thread: the number of registered waiters (for tests of cancellation).
-    var count: Int { self.entries.count }
-
     private func cancel(_ token: WaitToken) {
         guard let index = self.entries.firstIndex(where: { $0.token === token }) else { return }
         let entry = self.entries.remove(at: index)
