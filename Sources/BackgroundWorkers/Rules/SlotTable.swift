@@ -51,6 +51,9 @@ struct SlotTable<Entry> {
         return last.detail
     }
 
-    /// Every live entry, in slot order.
-    var all: [Entry] { self.entries.compactMap { $0 } }
+    /// Every live entry, in slot order. Lazy: scanning the table on every exit allocates nothing. The view
+    /// works on a copy, so entries may be removed while iterating it.
+    var all: some Sequence<Entry> {
+        self.entries.lazy.compactMap { $0 }
+    }
 }

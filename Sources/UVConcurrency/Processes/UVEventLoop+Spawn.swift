@@ -44,7 +44,7 @@ extension UVEventLoop {
     ) throws(UVError) -> UVChildProcess {
         let handle = UnsafeMutablePointer<uv_process_t>.allocate(capacity: 1)
         handle.initialize(to: uv_process_t())
-        let status = Self.withCOptions(options) { cOptions in
+        let status = Self.withCOptions(options, forLibuv: true) { cOptions in
             uv_spawn(self.uvLoop, handle, &cOptions)
         }
         guard status == 0 else {
@@ -73,7 +73,7 @@ extension UVEventLoop {
     ) throws(UVError) -> UVChildProcess {
         var pid: pid_t = 0
         var pidfd: Int32 = -1
-        let status = Self.withCOptions(options) { cOptions in
+        let status = Self.withCOptions(options, forLibuv: false) { cOptions in
             let children = options.descriptors.keys.sorted()
             let parents = children.map { options.descriptors[$0]! }
             return cws_spawn(
@@ -127,6 +127,7 @@ extension UVEventLoop {
     /// Builds `uv_process_options_t` with C strings that live for the duration of `body`.
     private static func withCOptions(
         _ options: UVSpawnOptions,
+        forLibuv: Bool,
         _ body: (inout uv_process_options_t) -> Int32
     ) -> Int32 {
         var strings: [UnsafeMutablePointer<CChar>?] = []
@@ -145,13 +146,14 @@ extension UVEventLoop {
         if let environment = options.environment {
             var list: [UnsafeMutablePointer<CChar>?] = []
             list.reserveCapacity(environment.count + 1)
-            for (key, value) in environment.sorted(by: { $0.key < $1.key }) { list.append(cString("\(key)=\(value)")) }
+            for (key, value) in environment { list.append(cString("\(key)=\(value)")) }
             list.append(nil)
             envp = list
         }
 
-        // libuv takes the child's descriptors as an array indexed by child descriptor number.
-        let stdioCount = Int((options.descriptors.keys.max() ?? -1) + 1)
+        // libuv takes the child's descriptors as an array indexed by child descriptor number (posix_spawn gets
+        // them as file actions instead: no array for it).
+        let stdioCount = forLibuv ? Int((options.descriptors.keys.max() ?? -1) + 1) : 0
         var stdio = [uv_stdio_container_t](repeating: uv_stdio_container_t(), count: stdioCount)
         for index in 0..<stdioCount {
             if let parent = options.descriptors[Int32(index)] {
