@@ -36,7 +36,9 @@ import Glibc
 /// Work enqueued after the loop stopped still runs, exactly once and in order, on a short-lived fallback
 /// thread that counts as the loop's thread (isolation checks pass, jobs stay serial), and every libuv
 /// operation from it fails with ``UVError/Code/loopStopped``. So a task that was waiting on an actor on the
-/// loop is never parked forever and nothing traps.
+/// loop is never parked forever and nothing traps. For the same reason a loop object is never freed: after
+/// shutdown it keeps about a kilobyte and one eventfd until the process exits. Create loops for long-lived
+/// roles (one per supervisor), not per request.
 public final class UVEventLoop: @unchecked Sendable {
     // @unchecked Sendable: `queue`, `lifecycle` and `joinState` are synchronised; everything else that is
     // `var` is touched only on the loop thread (or, after the loop stopped, never again by libuv code).
@@ -149,11 +151,11 @@ public final class UVEventLoop: @unchecked Sendable {
         uv_unref(cuv_check_as_handle(self.checkHandle))
 
         try self.startThread()
-    }
-
-    deinit {
-        _ = cws_close(self.wakeFD)
-        Self.freeHandles(self.uvLoop, self.prepareHandle, self.checkHandle, self.wakeHandle)
+        // A loop is never freed. Swift's runtime refers to executors unowned, and a task can still switch to an
+        // actor's executor after its last strong reference went away; a freed loop would then be used after free
+        // (seen as a rare crash in `startFallbackDrainer`). Alive, a stopped loop runs such late work on its
+        // fallback thread as documented. The cost: this object, the uv_loop_t and one eventfd per loop created.
+        _ = Unmanaged.passRetained(self)
     }
 
     private static func freeHandles(
@@ -238,8 +240,8 @@ public final class UVEventLoop: @unchecked Sendable {
         case .none:
             break
         case .wake:
-            // The descriptor stays open until deinit, and this call holds a reference, so it cannot be a
-            // recycled descriptor. EAGAIN (counter saturated) still wakes the poller.
+            // The descriptor is never closed (a loop is never freed), so it cannot be a recycled descriptor.
+            // EAGAIN (counter saturated) still wakes the poller.
             _ = cws_eventfd_signal(self.wakeFD)
         case .startFallback:
             self.startFallbackDrainer()
