@@ -71,7 +71,7 @@ let package = Package(
         // supervisor-death detection. Knows nothing of the supervisor's internals.
         .target(
             name: "BackgroundWorkerRuntime",
-            dependencies: ["BackgroundWorkerContract", "UVConcurrency", "CWorkerSupport"],
+            dependencies: ["BackgroundWorkerContract", "CWorkerSupport"],
             swiftSettings: swiftSettings
         ),
         // Runs library entry points: dlopen + dlsym + call, inside the worker runtime.

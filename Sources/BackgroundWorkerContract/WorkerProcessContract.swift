@@ -155,10 +155,17 @@ public enum WorkerProcessContract {
         /// Reads an identity back from a worker's environment.
         /// - Throws: ``RegistrationError`` naming the variable that is missing or malformed.
         public init(environment: [String: String]) throws(RegistrationError) {
+            try self.init(variable: { environment[$0] })
+        }
+
+        /// Reads an identity back through `variable`, which returns a contract variable's value or `nil` (a
+        /// worker passes `getenv`, so that no dictionary of its environment is built at start).
+        /// - Throws: ``RegistrationError`` naming the variable that is missing or malformed.
+        public init(variable lookup: (String) -> String?) throws(RegistrationError) {
             func value(_ variable: String) throws(RegistrationError) -> String {
-                guard let value = environment[variable] else {
+                guard let value = lookup(variable) else {
                     throw RegistrationError(
-                        workerName: environment[Variable.name] ?? "?",
+                        workerName: lookup(Variable.name) ?? "?",
                         field: variable,
                         value: "missing",
                         rule: "but a supervisor always sets it; was this process started by a supervisor?"
@@ -169,7 +176,7 @@ public enum WorkerProcessContract {
             func number<T: FixedWidthInteger>(_ variable: String, as: T.Type) throws(RegistrationError) -> T {
                 let text = try value(variable)
                 guard let number = T(text) else {
-                    throw RegistrationError(workerName: environment[Variable.name] ?? "?", field: variable, value: "'\(text)'", rule: "which is not a number")
+                    throw RegistrationError(workerName: lookup(Variable.name) ?? "?", field: variable, value: "'\(text)'", rule: "which is not a number")
                 }
                 return number
             }
@@ -187,9 +194,9 @@ public enum WorkerProcessContract {
             self.supervisorPID = try number(Variable.supervisorPID, as: Int32.self)
             self.aliveDescriptor = try number(Variable.aliveDescriptor, as: Int32.self)
             self.readinessDescriptor =
-                environment[Variable.readinessDescriptor] == nil
+                lookup(Variable.readinessDescriptor) == nil
                 ? nil : try number(Variable.readinessDescriptor, as: Int32.self)
-            if environment[Variable.sharedMemoryDescriptor] != nil {
+            if lookup(Variable.sharedMemoryDescriptor) != nil {
                 self.sharedMemory = (
                     try number(Variable.sharedMemoryDescriptor, as: Int32.self),
                     try number(Variable.sharedMemorySize, as: Int.self)

@@ -18,19 +18,27 @@ extension BackgroundWorker {
     }
 }
 
-/// Read once per process (Swift initialises globals lazily and thread-safely).
-let currentIdentity: Result<WorkerProcessContract.Identity, WorkerRuntimeError> = {
-    var environment: [String: String] = [:]
-    var pointer = environ
-    while let entry = pointer.pointee {
-        let text = String(cString: entry)
-        if text.hasPrefix(WorkerProcessContract.environmentPrefix), let equals = text.firstIndex(of: "=") {
-            environment[String(text[..<equals])] = String(text[text.index(after: equals)...])
+/// This process's identity or why it has none; not a `Result`, whose metadata would cost a protocol
+/// conformance lookup at start.
+enum CurrentIdentity: Sendable {
+    case identity(WorkerProcessContract.Identity)
+    case failure(WorkerRuntimeError)
+
+    func get() throws(WorkerRuntimeError) -> WorkerProcessContract.Identity {
+        switch self {
+        case .identity(let identity): identity
+        case .failure(let error): throw error
         }
-        pointer += 1
     }
+}
+
+/// Read once per process (Swift initialises globals lazily and thread-safely), variable by variable with
+/// `getenv`: no dictionary of the environment is built.
+let currentIdentity: CurrentIdentity = {
     do {
-        return .success(try WorkerProcessContract.Identity(environment: environment))
+        return .identity(
+            try WorkerProcessContract.Identity(variable: { name in getenv(name).map { String(cString: $0) } })
+        )
     } catch {
         return .failure(WorkerRuntimeError(.notStartedBySupervisor, "this process was not started by a supervisor: \(error)"))
     }

@@ -1,6 +1,6 @@
 import BackgroundWorkerContract
+import CWorkerSupport
 import Synchronization
-import UVConcurrency
 
 #if canImport(Glibc)
 import Glibc
@@ -49,7 +49,7 @@ public enum BackgroundWorkerRuntime {
         }
         let runtime: Runtime
         do {
-            runtime = try await Runtime(identity: identity, exitOnTerminate: exitOnTerminate, body: body)
+            runtime = try Runtime(identity: identity, exitOnTerminate: exitOnTerminate, body: body)
         } catch {
             Self.printError("worker '\(identity.name)': \(error)")
             exit(1)
@@ -122,87 +122,110 @@ extension BackgroundWorkerMain {
     }
 }
 
-/// The runtime's own event loop: SIGTERM, SIGHUP and the supervisor-alive descriptor are watched there.
+/// The worker's watcher and body. SIGTERM, SIGHUP and the supervisor-alive descriptor are watched by a small C
+/// thread (`cws_worker_watch_start`), not an event loop: a worker's start cost is paid on every restart, and
+/// this way nothing but the body's own work runs before the body starts.
 final class Runtime: Sendable {
+    /// How long a worker whose supervisor died has to end after its body was cancelled.
+    static let supervisorGoneGrace = 50
+
     let identity: WorkerProcessContract.Identity
-    let loop: UVEventLoop
+    let exitOnTerminate: Bool
     let context: WorkerContext
     let body: @Sendable (WorkerContext) async throws -> Void
-    private let task = BodyTask()
-    private let reloadContinuation: AsyncStream<Void>.Continuation
+    let task = BodyTask()
 
     init(
         identity: WorkerProcessContract.Identity,
         exitOnTerminate: Bool,
         body: @escaping @Sendable (WorkerContext) async throws -> Void
-    ) async throws {
+    ) throws(WorkerRuntimeError) {
         self.identity = identity
+        self.exitOnTerminate = exitOnTerminate
         self.body = body
-        // An idle worker should not burn CPU: no spin before sleeping.
-        self.loop = try UVEventLoop(name: "bgworker-rt", spinBeforeSleep: .zero)
-        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        self.reloadContinuation = continuation
         let task = self.task
+        let reloads = ReloadRequests()
         let gate = SignalGate(
             onTerminate: {
-                if exitOnTerminate { exit(1) }
+                if exitOnTerminate { BackgroundWorkerRuntime.exitNow(1) }
                 task.cancel()
             },
-            onReload: { continuation.yield() }
+            onReload: { reloads.request() }
         )
-        self.context = WorkerContext(identity: identity, reloads: WorkerReloads(stream: stream), signals: gate)
-        let loop = self.loop
-        let aliveDescriptor = identity.aliveDescriptor
-        try await loop.submit {
-            _ = try loop.watchSignal(.terminate) { gate.terminate() }
-            // SIGQUIT (immediate shutdown, crash reset): exit at once, as PostgreSQL's quickdie. Without this,
-            // Swift's crash backtracer takes SIGQUIT as a crash and can hang the process until SIGKILL.
-            _ = try loop.watchSignal(.quit) { _exit(2) }
-            _ = try loop.watchSignal(.hangup) { gate.reload() }
-            _ = try loop.readLines(from: aliveDescriptor, onLine: { _ in }) { _ in
-                // The supervisor is gone: cancel, and exit within 100 ms whatever the body does.
-                task.cancel()
-                _ = try? loop.scheduleTimer(after: .milliseconds(50)) {
-                    BackgroundWorkerRuntime.printError("worker '\(identity.name)': supervisor gone, exiting")
-                    exit(1)
-                }
-            }
+        self.context = WorkerContext(identity: identity, reloads: reloads, signals: gate)
+        // The runtime lives until the process ends (`run` never returns): the watcher holds it unretained.
+        let error = cws_worker_watch_start(
+            identity.aliveDescriptor,
+            Int32(Self.supervisorGoneGrace),
+            { event, context in
+                guard let context else { return }
+                Unmanaged<Runtime>.fromOpaque(context).takeUnretainedValue().watched(event)
+            },
+            Unmanaged.passUnretained(self).toOpaque()
+        )
+        guard error == 0 else {
+            throw WorkerRuntimeError(.runtimeFailed, "starting the signal and supervisor watcher failed: errno \(error)")
         }
     }
 
-    /// Runs the body; returns the exit code.
+    /// Called on the watcher's thread.
+    private func watched(_ event: Int32) {
+        switch Int(event) {
+        case Int(CWS_WATCH_TERMINATE):
+            self.context.signals.terminate()
+        case Int(CWS_WATCH_RELOAD):
+            self.context.signals.reload()
+        case Int(CWS_WATCH_SUPERVISOR_GONE):
+            // The supervisor is gone: cancel, and exit within 100 ms whatever the body does.
+            self.task.cancel()
+        case Int(CWS_WATCH_DEADLINE):
+            BackgroundWorkerRuntime.printError("worker '\(self.identity.name)': supervisor gone, exiting")
+            BackgroundWorkerRuntime.exitNow(1)
+        default:
+            break
+        }
+    }
+
+    /// Runs the body in a task of its own; returns the exit code.
+    ///
+    /// The body's task is a `Task<Int32, Never>` that reports the outcome itself: a throwing task's `result`
+    /// (and an `UnsafeCurrentTask`) would make the Swift runtime instantiate generic type metadata by name
+    /// before every worker's body starts, which cost more than everything else the runtime does at start.
     func run() async -> Int32 {
         let body = self.body
         let context = self.context
-        // The body starts only once its task can be cancelled from the signal callbacks.
-        let (start, started) = AsyncStream<Void>.makeStream()
-        let task = Task {
-            for await _ in start { break }
-            try await body(context)
-        }
-        self.task.set(task)
-        started.yield()
-        started.finish()
-        let result = await task.result
-        self.reloadContinuation.finish()
-        switch result {
-        case .success:
-            return 0
-        case .failure(let error):
-            if !(error is CancellationError) {
-                BackgroundWorkerRuntime.printError("worker '\(self.identity.name)' failed: \(error)")
-                BackgroundWorkerRuntime.reportError("\(error)", self.identity)
+        let identity = self.identity
+        let task = Task { () async -> Int32 in
+            do {
+                try await body(context)
+                return 0
+            } catch {
+                if !(error is CancellationError) {
+                    BackgroundWorkerRuntime.printError("worker '\(identity.name)' failed: \(error)")
+                    BackgroundWorkerRuntime.reportError("\(error)", identity)
+                }
+                return 1
             }
-            return 1
         }
+        // A cancellation that came before this is applied now: the body sees it at its first check.
+        self.task.set(task)
+        let code = await task.value
+        self.context.reloadRequests.finish()
+        return code
     }
 }
 
-/// The body's task, cancellable from signal callbacks; a cancellation that comes first is kept for it.
+/// The task running the body, cancellable from the watcher's thread; a cancellation that comes first is kept
+/// for it.
 final class BodyTask: Sendable {
-    private let state = Mutex<(task: Task<Void, any Error>?, cancelled: Bool)>((nil, false))
+    private struct State {
+        var task: Task<Int32, Never>?
+        var cancelled = false
+    }
 
-    func set(_ task: Task<Void, any Error>) {
+    private let state = Mutex(State())
+
+    func set(_ task: Task<Int32, Never>) {
         let cancelled = self.state.withLock { state -> Bool in
             state.task = task
             return state.cancelled
@@ -211,7 +234,7 @@ final class BodyTask: Sendable {
     }
 
     func cancel() {
-        let task = self.state.withLock { state -> Task<Void, any Error>? in
+        let task = self.state.withLock { state -> Task<Int32, Never>? in
             state.cancelled = true
             return state.task
         }

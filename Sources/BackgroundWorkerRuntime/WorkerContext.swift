@@ -1,6 +1,5 @@
 import BackgroundWorkerContract
 import Synchronization
-import UVConcurrency
 
 #if canImport(Glibc)
 import Glibc
@@ -11,14 +10,19 @@ public final class WorkerContext: Sendable {
     /// This worker's registration (``BackgroundWorkerContract/BackgroundWorker/current``).
     public let identity: WorkerProcessContract.Identity
     /// SIGHUP, as reload requests. Buffering: at most one pending request is kept; several SIGHUPs before the
-    /// body takes it are one request (signals coalesce anyway).
-    public let reloads: WorkerReloads
+    /// body takes it are one request (signals coalesce anyway). A SIGHUP that arrived before the first use of
+    /// this property is its first element. Every use returns the same sequence: iterate it from one task.
+    public var reloads: WorkerReloads {
+        self.reloadRequests.sequence()
+    }
+
+    let reloadRequests: ReloadRequests
     let signals: SignalGate
     private let mapping = Mutex<UnsafeMutableRawBufferPointer?>(nil)
 
-    init(identity: WorkerProcessContract.Identity, reloads: WorkerReloads, signals: SignalGate) {
+    init(identity: WorkerProcessContract.Identity, reloads: ReloadRequests, signals: SignalGate) {
         self.identity = identity
-        self.reloads = reloads
+        self.reloadRequests = reloads
         self.signals = signals
     }
 
@@ -106,6 +110,63 @@ public struct WorkerReloads: AsyncSequence, Sendable {
 
     /// Makes the iterator.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: self.stream.makeAsyncIterator()) }
+}
+
+/// The reload requests behind ``WorkerContext/reloads``. The stream is made at first use, not at start: a
+/// worker that never asks for reloads does not pay for one (nor for its type metadata, which a stored
+/// `AsyncStream` field would make every worker instantiate before its body starts).
+final class ReloadRequests: Sendable {
+    /// The stream and its continuation, allocated at first use.
+    private final class Stream: Sendable {
+        let stream: AsyncStream<Void>
+        let continuation: AsyncStream<Void>.Continuation
+
+        init() {
+            (self.stream, self.continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        }
+    }
+
+    private struct State {
+        var stream: Stream?
+        var pending = false
+        var finished = false
+    }
+
+    private let state = Mutex(State())
+
+    /// The sequence, made at the first call.
+    func sequence() -> WorkerReloads {
+        let stream = self.state.withLock { state -> Stream in
+            if let stream = state.stream { return stream }
+            let stream = Stream()
+            if state.pending { stream.continuation.yield() }
+            if state.finished { stream.continuation.finish() }
+            state.stream = stream
+            return stream
+        }
+        return WorkerReloads(stream: stream.stream)
+    }
+
+    /// A SIGHUP to act on.
+    func request() {
+        let made = self.state.withLock { state -> Bool in
+            if state.stream == nil { state.pending = true }
+            return state.stream != nil
+        }
+        guard made else { return }
+        self.state.withLock { $0.stream }?.continuation.yield()
+    }
+
+    /// The body ended: iteration ends.
+    func finish() {
+        // Two steps, so that a worker that never asked for reloads does not instantiate `Optional<Stream>`.
+        let made = self.state.withLock { state -> Bool in
+            state.finished = true
+            return state.stream != nil
+        }
+        guard made else { return }
+        self.state.withLock { $0.stream }?.continuation.finish()
+    }
 }
 
 /// Decides, under a lock, whether a SIGTERM or SIGHUP is acted on now or held until unblock.

@@ -76,4 +76,26 @@ int cws_wait_gone(pid_t pid, int timeout_ms);
 /// with `*exit_code` -1) when reaped, 0 when it still runs, or -errno.
 int cws_reap(pid_t pid, int *exit_code, int *signal);
 
+/// What the worker watcher reports to its callback.
+enum {
+    /// SIGTERM arrived.
+    CWS_WATCH_TERMINATE = 1,
+    /// SIGHUP arrived.
+    CWS_WATCH_RELOAD = 2,
+    /// The supervisor-alive descriptor reached end of file (or failed): the supervisor is gone.
+    CWS_WATCH_SUPERVISOR_GONE = 3,
+    /// `grace_ms` after CWS_WATCH_SUPERVISOR_GONE: time to exit.
+    CWS_WATCH_DEADLINE = 4,
+};
+
+/// Called on the watcher's thread for each event; must not block for long.
+typedef void (*cws_watch_callback)(int event, void *context);
+
+/// Starts a worker process's watcher, once per process: SIGTERM and SIGHUP handlers that only write the
+/// signal's number to a close-on-exec pipe (async-signal-safe), a SIGQUIT handler that calls `_exit(2)`, and
+/// one small thread that polls that pipe and `alive_fd` and calls `callback` (`alive_fd` < 0: not watched).
+/// The thread blocks every other signal and takes SIGTERM, SIGHUP and SIGQUIT, so they have a thread to land
+/// on whatever the other threads block. Returns 0, or an errno (nothing installed then).
+int cws_worker_watch_start(int alive_fd, int grace_ms, cws_watch_callback callback, void *context);
+
 #endif

@@ -1,0 +1,142 @@
+// The worker runtime's watcher: signals and the supervisor-alive descriptor, without an event loop.
+//
+// A worker's start cost matters (it is paid on every restart), so this is plain C: two handlers that write a
+// byte to a pipe, and one thread that polls that pipe and the alive descriptor. No libuv loop, no Swift
+// metadata to instantiate before the worker's body runs.
+#define _GNU_SOURCE
+#include "CWorkerSupport.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+static int cws_watch_pipe[2] = {-1, -1};
+static int cws_watch_alive_fd = -1;
+static int cws_watch_grace_ms = 0;
+static cws_watch_callback cws_watch_target = NULL;
+static void *cws_watch_context = NULL;
+static pthread_mutex_t cws_watch_start_lock = PTHREAD_MUTEX_INITIALIZER;
+static int cws_watch_started = 0;
+
+static void cws_watch_handler(int signal_number) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)signal_number;
+    ssize_t written;
+    do {
+        written = write(cws_watch_pipe[1], &byte, 1);
+    } while (written < 0 && errno == EINTR);
+    // A full pipe (EAGAIN) already holds a byte for this signal's kind or another: signals coalesce anyway.
+    errno = saved;
+}
+
+static void cws_watch_quit_handler(int signal_number) {
+    (void)signal_number;
+    _exit(2);
+}
+
+static void *cws_watch_thread(void *unused) {
+    (void)unused;
+    sigset_t mask;
+    sigfillset(&mask);
+    sigdelset(&mask, SIGTERM);
+    sigdelset(&mask, SIGHUP);
+    sigdelset(&mask, SIGQUIT);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+
+    struct pollfd fds[2] = {
+        {.fd = cws_watch_pipe[0], .events = POLLIN},
+        {.fd = cws_watch_alive_fd, .events = POLLIN},
+    };
+    int count = cws_watch_alive_fd >= 0 ? 2 : 1;
+    int timeout = -1;
+    for (;;) {
+        int ready = poll(fds, (nfds_t)count, timeout);
+        if (ready < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (ready == 0) {
+            // The grace period after the supervisor's death has passed.
+            cws_watch_target(CWS_WATCH_DEADLINE, cws_watch_context);
+            timeout = -1;
+            continue;
+        }
+        if (fds[0].revents & POLLIN) {
+            unsigned char bytes[64];
+            ssize_t got = read(cws_watch_pipe[0], bytes, sizeof bytes);
+            for (ssize_t i = 0; i < got; i++) {
+                if (bytes[i] == SIGTERM) cws_watch_target(CWS_WATCH_TERMINATE, cws_watch_context);
+                if (bytes[i] == SIGHUP) cws_watch_target(CWS_WATCH_RELOAD, cws_watch_context);
+            }
+        }
+        if (count == 2 && fds[1].revents) {
+            char buffer[64];
+            ssize_t got = read(cws_watch_alive_fd, buffer, sizeof buffer);
+            if (got > 0 || (got < 0 && (errno == EINTR || errno == EAGAIN))) continue;
+            // End of file (or an error): nobody holds the write end any more, the supervisor is gone.
+            count = 1;
+            cws_watch_target(CWS_WATCH_SUPERVISOR_GONE, cws_watch_context);
+            timeout = cws_watch_grace_ms;
+        }
+    }
+    return NULL;
+}
+
+int cws_worker_watch_start(int alive_fd, int grace_ms, cws_watch_callback callback, void *context) {
+    pthread_mutex_lock(&cws_watch_start_lock);
+    if (cws_watch_started) {
+        pthread_mutex_unlock(&cws_watch_start_lock);
+        return EALREADY;
+    }
+    if (pipe2(cws_watch_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        int error = errno;
+        pthread_mutex_unlock(&cws_watch_start_lock);
+        return error;
+    }
+    cws_watch_alive_fd = alive_fd;
+    cws_watch_grace_ms = grace_ms;
+    cws_watch_target = callback;
+    cws_watch_context = context;
+
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    sigfillset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    action.sa_handler = cws_watch_handler;
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGHUP, &action, NULL);
+    action.sa_handler = cws_watch_quit_handler;
+    sigaction(SIGQUIT, &action, NULL);
+
+    // Start the thread with every signal blocked, so nothing lands on it before it sets its own mask.
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pthread_attr_t attributes;
+    pthread_attr_init(&attributes);
+    pthread_attr_setstacksize(&attributes, 256 * 1024);
+    pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+    pthread_t thread;
+    int error = pthread_create(&thread, &attributes, cws_watch_thread, NULL);
+    pthread_attr_destroy(&attributes);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    if (error != 0) {
+        action.sa_handler = SIG_DFL;
+        sigaction(SIGTERM, &action, NULL);
+        sigaction(SIGHUP, &action, NULL);
+        sigaction(SIGQUIT, &action, NULL);
+        close(cws_watch_pipe[0]);
+        close(cws_watch_pipe[1]);
+        cws_watch_pipe[0] = cws_watch_pipe[1] = -1;
+        pthread_mutex_unlock(&cws_watch_start_lock);
+        return error;
+    }
+    pthread_setname_np(thread, "bgworker-watch");
+    cws_watch_started = 1;
+    pthread_mutex_unlock(&cws_watch_start_lock);
+    return 0;
+}
