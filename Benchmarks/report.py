@@ -95,9 +95,29 @@ def interleaved_table(target, figures):
     ])
 
 
+WORKER_INTERLEAVED = "register→exited interleaved: empty main, empty async main, runtime worker"
+
+
+def worker_interleaved_table(figures):
+    f = figures.get(WORKER_INTERLEAVED)
+    if not f:
+        return ""
+    empty, asynchronous, runtime = (f.get(k, 0) for k in ("empty Swift main (µs)", "empty async Swift main (µs)", "runtime worker (µs)"))
+    versus_empty = f.get("ratio runtime/empty main (‰)", 0) / 1000
+    versus_async = f.get("ratio runtime/empty async main (‰)", 0) / 1000
+    return "\n".join([
+        "", f"Interleaved in the same samples ({WORKER_INTERLEAVED}): medians of each side and of the per-sample ratios.", "",
+        "| empty main | empty async main | runtime worker | runtime / empty main | floor | met | runtime / empty async main |",
+        "|---:|---:|---:|---:|---:|:---:|---:|",
+        f"| {empty:,.0f} µs | {asynchronous:,.0f} µs | {runtime:,.0f} µs | {versus_empty:.2f}× | ≤ 1.20× | {'yes' if versus_empty <= 1.2 else '**no**'} | {versus_async:.2f}× |",
+    ])
+
+
 def table(target, figures):
     if target == "Supervisor":
         return supervisor_table(figures)
+    if target == "Worker":
+        return plain_table(target, figures) + worker_interleaved_table(figures)
     return plain_table(target, figures) + (interleaved_table(target, figures) if target in INTERLEAVED else "")
 
 

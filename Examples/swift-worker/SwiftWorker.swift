@@ -8,7 +8,8 @@ import Glibc
 /// cancels it (exit 1) or the supervisor dies (exit 1 within 100 ms).
 ///
 /// Its first argument picks a behaviour, for the tests: `serve` (the default), `return` (exits 0 at once),
-/// `throw` (exits 1 at once), `exit-on-reload` (reports ready, then exits 0 at its first SIGHUP).
+/// `throw` (exits 1 at once), `exit-on-reload` (reports ready, then exits 0 at its first SIGHUP), and the
+/// test modes below.
 @main
 struct SwiftWorker: BackgroundWorkerMain {
     struct Failure: Error {}
@@ -43,6 +44,17 @@ struct SwiftWorker: BackgroundWorkerMain {
                 if Task.isCancelled { exit(3) }  // ...and must not have acted on it while blocked
             }
             try await Task.sleep(for: .seconds(3600))  // the held SIGTERM cancels this at once: exit 1
+        case "early-reload":  // a SIGHUP before `reloads` was ever used is its first element: exit 0
+            // SIGHUP, then SIGTERM: a lower-numbered signal is delivered first, so once the SIGTERM was seen
+            // the SIGHUP was handled too, before anything asked for `reloads`.
+            kill(getpid(), SIGHUP)
+            kill(getpid(), SIGTERM)
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !worker.isTerminationRequested {
+                if ContinuousClock.now > deadline { exit(4) }
+            }
+            for await _ in worker.reloads { return }  // the early SIGHUP, kept for the body
+            exit(3)
         case "exit-on-reload":
             try worker.reportReady()
             for await _ in worker.reloads { return }  // the first SIGHUP: done, exit 0

@@ -59,7 +59,7 @@ public enum BackgroundWorkerRuntime {
     }
 
     /// Flushes standard output and error, then ends the process without running exit handlers: the worker is
-    /// done, and tearing down the concurrency runtime and the event loop thread costs about a millisecond.
+    /// done, and tearing down the concurrency runtime costs up to a millisecond.
     static func exitNow(_ code: Int32) -> Never {
         fflush(nil)
         _exit(code)

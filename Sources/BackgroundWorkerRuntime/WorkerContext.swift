@@ -153,8 +153,7 @@ final class ReloadRequests: Sendable {
             if state.stream == nil { state.pending = true }
             return state.stream != nil
         }
-        guard made else { return }
-        self.state.withLock { $0.stream }?.continuation.yield()
+        if made { self.yieldToMadeStream() }
     }
 
     /// The body ended: iteration ends.
@@ -164,7 +163,19 @@ final class ReloadRequests: Sendable {
             state.finished = true
             return state.stream != nil
         }
-        guard made else { return }
+        if made { self.finishMadeStream() }
+    }
+
+    // The stream's own work, out of line: the callers' fast paths (no stream made) must not touch the stream's
+    // types, whose metadata the Swift runtime would otherwise instantiate on entry.
+
+    @inline(never)
+    private func yieldToMadeStream() {
+        self.state.withLock { $0.stream }?.continuation.yield()
+    }
+
+    @inline(never)
+    private func finishMadeStream() {
         self.state.withLock { $0.stream }?.continuation.finish()
     }
 }

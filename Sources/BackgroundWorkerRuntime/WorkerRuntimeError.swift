@@ -21,7 +21,7 @@ public struct WorkerRuntimeError: Error, Hashable, Sendable, CustomStringConvert
         public static let notReportingReadiness = Code(.notReportingReadiness)
         /// Writing to the readiness descriptor failed.
         public static let readinessFailed = Code(.readinessFailed)
-        /// The runtime's event loop or watchers could not be set up.
+        /// The runtime's signal and supervisor watcher could not be set up.
         public static let runtimeFailed = Code(.runtimeFailed)
         /// `sharedMemory()` in a worker without the shared-memory flag, or whose supervisor has no segment.
         public static let noSharedMemory = Code(.noSharedMemory)

@@ -74,6 +74,16 @@ extension SupervisorTests {
             }
         }
 
+        @Test("a SIGHUP that came before the body first asked for reloads is not lost")
+        func earlySighupIsKept() async throws {
+            try await withSupervisor { supervisor in
+                let handle = try await supervisor.register(Self.swiftWorker("early", "early-reload"))
+                // Exit 0: the body found the early request (3: it did not; 4: the SIGTERM was never seen).
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
+            }
+        }
+
         @Test("supervisor death (end of file on descriptor 3) ends the worker with exit 1, promptly")
         func supervisorDeath() async throws {
             // Play the supervisor by hand: our own pipes as descriptors 3 and 4, and the contract's variables.

@@ -62,4 +62,46 @@ let benchmarks: @Sendable () -> Void = {
             _ = try await handle.waitForShutdown()
         }
     }
+
+    // The same three starts side by side in the same samples, in a rotating order, so that drift in the
+    // machine's speed cancels out of the ratios (the separate benchmarks above run minutes apart).
+    let emptyMetric = BenchmarkMetric.custom("empty Swift main (µs)", useScalingFactor: false)
+    let asyncMetric = BenchmarkMetric.custom("empty async Swift main (µs)", useScalingFactor: false)
+    let runtimeMetric = BenchmarkMetric.custom("runtime worker (µs)", useScalingFactor: false)
+    let versusEmpty = BenchmarkMetric.custom("ratio runtime/empty main (‰)", useScalingFactor: false)
+    let versusAsync = BenchmarkMetric.custom("ratio runtime/empty async main (‰)", useScalingFactor: false)
+    let rotation = [cases[1].1, cases[2].1, cases[3].1]
+    Benchmark(
+        "register→exited interleaved: empty main, empty async main, runtime worker",
+        configuration: .init(
+            metrics: [emptyMetric, asyncMetric, runtimeMetric, versusEmpty, versusAsync],
+            warmupIterations: 3,
+            maxDuration: .seconds(15),
+            maxIterations: 300
+        )
+    ) { benchmark in
+        var turn = 0
+        for _ in benchmark.scaledIterations {
+            turn += 1
+            var elapsed = [0, 0, 0]
+            for step in 0..<3 {
+                let which = (step + turn) % 3
+                let start = ContinuousClock.now
+                for _ in 0..<3 {
+                    let handle = try await supervisor.register(rotation[which])
+                    _ = try await handle.waitForShutdown()
+                }
+                elapsed[which] = microseconds(start.duration(to: .now)) / 3
+            }
+            benchmark.measurement(emptyMetric, elapsed[0])
+            benchmark.measurement(asyncMetric, elapsed[1])
+            benchmark.measurement(runtimeMetric, elapsed[2])
+            benchmark.measurement(versusEmpty, elapsed[2] * 1000 / max(1, elapsed[0]))
+            benchmark.measurement(versusAsync, elapsed[2] * 1000 / max(1, elapsed[1]))
+        }
+    }
+}
+
+func microseconds(_ duration: Duration) -> Int {
+    Int(duration.components.seconds) * 1_000_000 + Int(duration.components.attoseconds / 1_000_000_000_000)
 }
