@@ -11,6 +11,7 @@
 /// | `BGW_SUPERVISOR_PID` | the supervisor's process id |
 /// | `BGW_ALIVE_FD` | descriptor 3: the read end of the supervisor-alive pipe. Nothing is ever written to it; it reaches end of file when the supervisor dies (PostgreSQL's postmaster-death pipe) |
 /// | `BGW_READY_FD` | descriptor 4, for workers registered with `reportsReadiness`: the write end of the readiness pipe. Write the line `READY=1` once ready; a line `ERROR=text` says why it fails |
+/// | `BGW_STATUS_FD` | descriptor 4 whenever it is open: for workers with `reportsReadiness` and for those the supervisor runs through the worker runtime itself (library and built-in entry points). `ERROR=text` lines on it are kept by the supervisor (`lastReportedError`); `READY=1` counts only with `reportsReadiness` |
 /// | `BGW_SHM_FD`, `BGW_SHM_SIZE` | descriptor 5 and its size in bytes, for workers with the shared-memory flag when the supervisor has a segment: the supervisor's shared-memory segment (a memfd; `mmap` it `MAP_SHARED`). A crash reset replaces it with a new, zeroed one |
 ///
 /// Exit codes: 0 means done (the worker is unregistered), 1 means restart after the interval, anything else
@@ -31,7 +32,7 @@ public enum WorkerProcessContract {
     public static let sharedMemoryDescriptor: Int32 = 5
     /// The line a worker writes to its readiness descriptor once it is ready.
     public static let readyLine = "READY=1"
-    /// The prefix of a line a worker may write to its readiness descriptor to say why it is failing; the
+    /// The prefix of a line a worker may write to its readiness (status) descriptor to say why it is failing; the
     /// supervisor keeps the last one (`BackgroundWorkerHandle.lastReportedError`).
     public static let errorLinePrefix = "ERROR="
     /// The longest line the supervisor reads from a readiness descriptor; a longer one closes it.
@@ -59,6 +60,8 @@ public enum WorkerProcessContract {
         public static let aliveDescriptor = "BGW_ALIVE_FD"
         /// The readiness descriptor's number, for workers that report readiness.
         public static let readinessDescriptor = "BGW_READY_FD"
+        /// The status descriptor's number (descriptor 4), whenever the worker has it: for `ERROR=` lines.
+        public static let statusDescriptor = "BGW_STATUS_FD"
         /// The shared-memory descriptor's number, for workers with the shared-memory flag.
         public static let sharedMemoryDescriptor = "BGW_SHM_FD"
         /// The shared-memory segment's size in bytes.
@@ -87,6 +90,9 @@ public enum WorkerProcessContract {
         public var aliveDescriptor: Int32
         /// The readiness descriptor, when the worker reports readiness.
         public var readinessDescriptor: Int32?
+        /// The status descriptor (the same descriptor 4), for `ERROR=` lines: present when the worker reports
+        /// readiness or runs through the worker runtime by its entry point (library, built-in).
+        public var statusDescriptor: Int32?
         /// The shared-memory descriptor and the segment's size, when the worker has one.
         public var sharedMemory: (descriptor: Int32, size: Int)?
 
@@ -95,7 +101,7 @@ public enum WorkerProcessContract {
             lhs.name == rhs.name && lhs.type == rhs.type && lhs.slot == rhs.slot && lhs.generation == rhs.generation
                 && lhs.mainArgument == rhs.mainArgument && lhs.extra == rhs.extra && lhs.flags == rhs.flags
                 && lhs.supervisorPID == rhs.supervisorPID && lhs.aliveDescriptor == rhs.aliveDescriptor
-                && lhs.readinessDescriptor == rhs.readinessDescriptor
+                && lhs.readinessDescriptor == rhs.readinessDescriptor && lhs.statusDescriptor == rhs.statusDescriptor
                 && lhs.sharedMemory?.descriptor == rhs.sharedMemory?.descriptor
                 && lhs.sharedMemory?.size == rhs.sharedMemory?.size
         }
@@ -114,6 +120,7 @@ public enum WorkerProcessContract {
             generation: UInt64,
             supervisorPID: Int32,
             reportsReadiness: Bool,
+            reportsStatus: Bool = false,
             sharedMemorySize: Int? = nil
         ) {
             self.name = worker.name
@@ -126,6 +133,7 @@ public enum WorkerProcessContract {
             self.supervisorPID = supervisorPID
             self.aliveDescriptor = WorkerProcessContract.aliveDescriptor
             self.readinessDescriptor = reportsReadiness ? WorkerProcessContract.readinessDescriptor : nil
+            self.statusDescriptor = reportsReadiness || reportsStatus ? WorkerProcessContract.readinessDescriptor : nil
             self.sharedMemory = sharedMemorySize.map { (WorkerProcessContract.sharedMemoryDescriptor, $0) }
         }
 
@@ -144,6 +152,9 @@ public enum WorkerProcessContract {
             ]
             if let readiness = self.readinessDescriptor {
                 result[Variable.readinessDescriptor] = String(readiness)
+            }
+            if let status = self.statusDescriptor {
+                result[Variable.statusDescriptor] = String(status)
             }
             if let sharedMemory = self.sharedMemory {
                 result[Variable.sharedMemoryDescriptor] = String(sharedMemory.descriptor)
@@ -196,6 +207,9 @@ public enum WorkerProcessContract {
             self.readinessDescriptor =
                 lookup(Variable.readinessDescriptor) == nil
                 ? nil : try number(Variable.readinessDescriptor, as: Int32.self)
+            self.statusDescriptor =
+                lookup(Variable.statusDescriptor) == nil
+                ? self.readinessDescriptor : try number(Variable.statusDescriptor, as: Int32.self)
             if lookup(Variable.sharedMemoryDescriptor) != nil {
                 self.sharedMemory = (
                     try number(Variable.sharedMemoryDescriptor, as: Int32.self),

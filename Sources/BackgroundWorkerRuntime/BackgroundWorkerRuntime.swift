@@ -93,10 +93,10 @@ public enum BackgroundWorkerRuntime {
         }
     }
 
-    /// Tells the supervisor why the worker fails: an `ERROR=` line on the readiness descriptor, when there is
+    /// Tells the supervisor why the worker fails: an `ERROR=` line on the status descriptor, when there is
     /// one (newlines become spaces; at most 1,000 bytes are kept by the supervisor).
     static func reportError(_ message: String, _ identity: WorkerProcessContract.Identity) {
-        guard let fd = identity.readinessDescriptor else { return }
+        guard let fd = identity.statusDescriptor else { return }
         let text = message.split(whereSeparator: \.isNewline).joined(separator: " ")
         let line = Array((WorkerProcessContract.errorLinePrefix + text + "\n").utf8)
         _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

@@ -156,6 +156,19 @@ struct ValidationTests {
         #expect(environment["BGW_READY_FD"] == "4" && environment["BGW_ALIVE_FD"] == "3")
         #expect(environment["BGW_SHM_FD"] == "5" && environment["BGW_SHM_SIZE"] == "4096")
         #expect(try WorkerProcessContract.Identity(environment: environment) == identity)
+        #expect(environment["BGW_STATUS_FD"] == "4")
+
+        // Without readiness, only a worker run through the runtime by its entry point gets descriptor 4, for
+        // ERROR= lines; READY=1 is not asked of it.
+        let statusOnly = WorkerProcessContract.Identity(
+            worker: worker, slot: 3, generation: 7, supervisorPID: 99, reportsReadiness: false, reportsStatus: true
+        )
+        #expect(statusOnly.environment["BGW_READY_FD"] == nil && statusOnly.environment["BGW_STATUS_FD"] == "4")
+        #expect(try WorkerProcessContract.Identity(environment: statusOnly.environment) == statusOnly)
+        let plain = WorkerProcessContract.Identity(worker: worker, slot: 3, generation: 7, supervisorPID: 99, reportsReadiness: false)
+        #expect(plain.environment["BGW_READY_FD"] == nil && plain.environment["BGW_STATUS_FD"] == nil)
+        #expect(try WorkerProcessContract.Identity(environment: plain.environment) == plain)
+
         var broken = environment
         broken["BGW_SLOT"] = nil
         #expect(throws: RegistrationError.self) { try WorkerProcessContract.Identity(environment: broken) }

@@ -219,7 +219,9 @@ extension SupervisorTests {
                 #expect(try await handle.waitForShutdown() == .stopped)
                 #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))
 
+                // Without reportsReadiness too: a library entry point always gets the status descriptor.
                 var missing = worker
+                missing.reportsReadiness = false
                 missing.entryPoint = .library("libExampleLibraryWorker.so", function: "no_such_function")
                 let noFunction = try await supervisor.register(missing)
                 #expect(try await noFunction.waitForShutdown() == .stopped)

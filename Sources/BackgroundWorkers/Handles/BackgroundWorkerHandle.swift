@@ -43,8 +43,9 @@ public struct BackgroundWorkerHandle: Sendable, Hashable, CustomStringConvertibl
         get async { await self.supervisor.detail(of: self) }
     }
 
-    /// The last `ERROR=` line the worker wrote to its readiness descriptor (the worker runtime writes one when
-    /// the body throws, `bgworker-host` when a library or function is missing), or nil.
+    /// The last `ERROR=` line the worker wrote to its status descriptor (the worker runtime writes one when
+    /// the body throws, `bgworker-host` when a library or function is missing), or nil. Descriptor 4 is open
+    /// for workers with `reportsReadiness` and for library and built-in entry points.
     public var lastReportedError: String? {
         get async { await self.supervisor.lastReportedError(of: self) }
     }

@@ -44,6 +44,8 @@ extension WorkerSupervisor {
             generation: worker.generation,
             supervisorPID: self.supervisorPID,
             reportsReadiness: worker.registration.reportsReadiness,
+            // Library and built-in entry points run in the worker runtime, which reports why it fails.
+            reportsStatus: entry.library != nil || entry.builtinName != nil,
             sharedMemorySize: worker.usesSharedMemory ? self.sharedMemory?.size : nil
         )
         var environment = self.baseEnvironment
@@ -63,7 +65,7 @@ extension WorkerSupervisor {
         }
 
         var readiness: UVPipePair?
-        if worker.registration.reportsReadiness {
+        if identity.statusDescriptor != nil {
             do {
                 let pipe = try UVPipePair()
                 readiness = pipe
@@ -115,7 +117,8 @@ extension WorkerSupervisor {
                     self.assumeIsolated { supervisor in
                         guard let worker = supervisor.worker(handle) else { return }
                         if line == WorkerProcessContract.readyLine {
-                            supervisor.becameReady(worker)
+                            // Only a worker registered with reportsReadiness is ever "ready".
+                            if worker.registration.reportsReadiness { supervisor.becameReady(worker) }
                         } else if line.hasPrefix(WorkerProcessContract.errorLinePrefix) {
                             let text = String(line.dropFirst(WorkerProcessContract.errorLinePrefix.count).prefix(1000))
                             worker.lastReportedError = text

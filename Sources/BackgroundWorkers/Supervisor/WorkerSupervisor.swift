@@ -236,7 +236,7 @@ public actor WorkerSupervisor {
         return worker.detail
     }
 
-    /// The last `ERROR=` line a handle's worker wrote to its readiness descriptor (for example why a library
+    /// The last `ERROR=` line a handle's worker wrote to its status descriptor (for example why a library
     /// entry point could not be loaded), or nil; kept after the worker was unregistered, until its slot is
     /// reused.
     public func lastReportedError(of handle: BackgroundWorkerHandle) -> String? {
