@@ -23,21 +23,21 @@ struct SupervisorDemo {
         try await withWorkerSupervisor(configuration: configuration) { supervisor in
             let events = await supervisor.events()
             let printer = Task {
-                for await event in events { print(Self.describe(event)) }
+                for await event in events { say(Self.describe(event)) }
             }
             for worker in Self.defaultWorkers() {
                 _ = try await supervisor.register(worker)
             }
             CounterWorker.writeInterval(milliseconds: 1000)
             let counterHandle = try await supervisor.register(CounterWorker.registration())
-            print("supervisor running with \(await supervisor.slotsInUse) workers; Ctrl-C or \(seconds) s stops it")
+            say("supervisor running with \(await supervisor.slotsInUse) workers; Ctrl-C or \(seconds) s stops it")
 
             // worker_spi's reload: after a while, a new interval for the counter, then SIGHUP.
             let reloader = Task {
                 try await Task.sleep(for: .milliseconds(2500))
                 CounterWorker.writeInterval(milliseconds: 250)
                 if case .started(let pid) = await counterHandle.status {
-                    print("demo: new interval 250 ms for the counter, SIGHUP to pid \(pid)")
+                    say("demo: new interval 250 ms for the counter, SIGHUP to pid \(pid)")
                     kill(pid, SIGHUP)
                 }
             }
@@ -54,11 +54,11 @@ struct SupervisorDemo {
                 group.cancelAll()
             }
             reloader.cancel()
-            print("fast shutdown: SIGTERM to every worker, SIGKILL after its grace period")
+            say("fast shutdown: SIGTERM to every worker, SIGKILL after its grace period")
             await supervisor.shutdown(.fast)
             _ = await printer.result
         }
-        print("every worker reaped; supervisor stopped cleanly")
+        say("every worker reaped; supervisor stopped cleanly")
     }
 
     static func defaultWorkers() -> [BackgroundWorker] {
@@ -156,9 +156,9 @@ enum CounterWorker {
                 counter.storeBytes(of: ticks, toByteOffset: 0, as: UInt64.self)
                 if reloaded.take() {
                     interval = Self.readInterval()
-                    print("  counter     reloaded: interval \(interval) ms")
+                    say("  counter     reloaded: interval \(interval) ms")
                 }
-                print("  counter     tick \(ticks) (every \(interval) ms)")
+                say("  counter     tick \(ticks) (every \(interval) ms)")
             }
             group.cancelAll()
         }
@@ -177,4 +177,12 @@ final class Reloaded: Sendable {
             return flag
         }
     }
+}
+
+/// Writes a line to standard output at once, even into a pipe or a file, so that the demo's story reads in
+/// order as it happens: the counter worker, a re-execution of this binary, shares the same standard output, and
+/// `print` would hold its lines in a buffer until it exits.
+func say(_ line: String) {
+    let bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
 }
