@@ -130,7 +130,6 @@ final class Runtime: Sendable {
     static let supervisorGoneGrace = 50
 
     let identity: WorkerProcessContract.Identity
-    let exitOnTerminate: Bool
     let context: WorkerContext
     let body: @Sendable (WorkerContext) async throws -> Void
     let task = BodyTask()
@@ -141,7 +140,6 @@ final class Runtime: Sendable {
         body: @escaping @Sendable (WorkerContext) async throws -> Void
     ) throws(WorkerRuntimeError) {
         self.identity = identity
-        self.exitOnTerminate = exitOnTerminate
         self.body = body
         let task = self.task
         let reloads = ReloadRequests()
@@ -179,8 +177,10 @@ final class Runtime: Sendable {
             // The supervisor is gone: cancel, and exit within 100 ms whatever the body does.
             self.task.cancel()
         case Int(CWS_WATCH_DEADLINE):
+            // No stdio flush here: a body stuck inside stdio (a full pipe) holds its lock, and this exit must
+            // happen whatever the body does. printError writes without stdio.
             BackgroundWorkerRuntime.printError("worker '\(self.identity.name)': supervisor gone, exiting")
-            BackgroundWorkerRuntime.exitNow(1)
+            _exit(1)
         default:
             break
         }
