@@ -186,7 +186,7 @@ public enum WorkerProcessContract {
             }
             func number<T: FixedWidthInteger>(_ variable: String, as: T.Type) throws(RegistrationError) -> T {
                 let text = try value(variable)
-                guard let number = T(text) else {
+                guard let number = Self.decimal(text, as: T.self) else {
                     throw RegistrationError(workerName: lookup(Variable.name) ?? "?", field: variable, value: "'\(text)'", rule: "which is not a number")
                 }
                 return number
@@ -218,6 +218,29 @@ public enum WorkerProcessContract {
             } else {
                 self.sharedMemory = nil
             }
+        }
+
+        /// A decimal number with an optional leading minus sign, or nil (also on overflow). The contract's
+        /// numbers are read at every worker's start: this loop over the UTF-8 bytes costs a worker less than
+        /// the standard library's generic parser, whose code the first use pages in.
+        static func decimal<T: FixedWidthInteger>(_ text: String, as: T.Type) -> T? {
+            var utf8 = text.utf8[...]
+            let negative = utf8.first == UInt8(ascii: "-")
+            if negative {
+                guard T.isSigned else { return nil }
+                utf8 = utf8.dropFirst()
+            }
+            guard !utf8.isEmpty else { return nil }
+            var value: T = 0
+            for byte in utf8 {
+                guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
+                let digit = T(byte &- UInt8(ascii: "0"))
+                let (shifted, overflow1) = value.multipliedReportingOverflow(by: 10)
+                let (next, overflow2) = negative ? shifted.subtractingReportingOverflow(digit) : shifted.addingReportingOverflow(digit)
+                guard !overflow1 && !overflow2 else { return nil }
+                value = next
+            }
+            return value
         }
 
         static func hex(_ bytes: [UInt8]) -> String {

@@ -169,6 +169,25 @@ struct ValidationTests {
         #expect(plain.environment["BGW_READY_FD"] == nil && plain.environment["BGW_STATUS_FD"] == nil)
         #expect(try WorkerProcessContract.Identity(environment: plain.environment) == plain)
 
+        // Numbers: the whole UInt64 range for the main argument; anything else is refused, naming the variable.
+        var numbers = environment
+        numbers["BGW_MAIN_ARG"] = "18446744073709551615"
+        #expect(try WorkerProcessContract.Identity(environment: numbers).mainArgument == UInt64.max)
+        numbers["BGW_SUPERVISOR_PID"] = "-2147483648"
+        #expect(try WorkerProcessContract.Identity(environment: numbers).supervisorPID == Int32.min)
+        for (variable, value) in [
+            ("BGW_MAIN_ARG", "18446744073709551616"), ("BGW_MAIN_ARG", "-1"), ("BGW_MAIN_ARG", ""), ("BGW_MAIN_ARG", "12a"),
+            ("BGW_SLOT", "-"), ("BGW_SLOT", " 1"), ("BGW_SUPERVISOR_PID", "2147483648"), ("BGW_ALIVE_FD", "٣"),
+        ] {
+            var malformed = environment
+            malformed[variable] = value
+            #expect {
+                try WorkerProcessContract.Identity(environment: malformed)
+            } throws: { error in
+                "\(error)".contains(variable)
+            }
+        }
+
         var broken = environment
         broken["BGW_SLOT"] = nil
         #expect(throws: RegistrationError.self) { try WorkerProcessContract.Identity(environment: broken) }
