@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 static int cws_watch_pipe[2] = {-1, -1};
@@ -40,6 +41,8 @@ static void cws_watch_quit_handler(int signal_number) {
 
 static void *cws_watch_thread(void *unused) {
     (void)unused;
+    // Named from inside: pthread_setname_np on another thread writes /proc/self/task/TID/comm, three syscalls.
+    prctl(PR_SET_NAME, "bgworker-watch", 0, 0, 0);
     sigset_t mask;
     sigfillset(&mask);
     sigdelset(&mask, SIGTERM);
@@ -135,7 +138,6 @@ int cws_worker_watch_start(int alive_fd, int grace_ms, cws_watch_callback callba
         pthread_mutex_unlock(&cws_watch_start_lock);
         return error;
     }
-    pthread_setname_np(thread, "bgworker-watch");
     cws_watch_started = 1;
     pthread_mutex_unlock(&cws_watch_start_lock);
     return 0;
