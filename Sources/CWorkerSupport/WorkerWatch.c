@@ -1,7 +1,7 @@
 // The worker runtime's watcher: signals and the supervisor-alive descriptor, without an event loop.
 //
-// A worker's start cost matters (it is paid on every restart), so this is plain C: two handlers that write a
-// byte to a pipe, and one thread that polls that pipe and the alive descriptor. No libuv loop, no Swift
+// A worker's start cost matters (it is paid on every restart), so this is plain C: two handlers that set a flag
+// and write a byte to a pipe, and one thread that polls that pipe and the alive descriptor. No libuv loop, no Swift
 // metadata to instantiate before the worker's body runs.
 #define _GNU_SOURCE
 #include "CWorkerSupport.h"
@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -23,14 +24,20 @@ static void *cws_watch_context = NULL;
 static pthread_mutex_t cws_watch_start_lock = PTHREAD_MUTEX_INITIALIZER;
 static int cws_watch_started = 0;
 
+// Set by the handlers, taken by the watcher thread: a signal is recorded even when the pipe is full.
+static atomic_int cws_watch_terminate_pending = 0;
+static atomic_int cws_watch_reload_pending = 0;
+
 static void cws_watch_handler(int signal_number) {
     int saved = errno;
+    if (signal_number == SIGTERM) atomic_store(&cws_watch_terminate_pending, 1);
+    if (signal_number == SIGHUP) atomic_store(&cws_watch_reload_pending, 1);
+    // A byte only wakes the watcher; a full pipe (EAGAIN) means it is awake already.
     unsigned char byte = (unsigned char)signal_number;
     ssize_t written;
     do {
         written = write(cws_watch_pipe[1], &byte, 1);
     } while (written < 0 && errno == EINTR);
-    // A full pipe (EAGAIN) already holds a byte for this signal's kind or another: signals coalesce anyway.
     errno = saved;
 }
 
@@ -69,12 +76,14 @@ static void *cws_watch_thread(void *unused) {
             continue;
         }
         if (fds[0].revents & POLLIN) {
-            unsigned char bytes[64];
-            ssize_t got = read(cws_watch_pipe[0], bytes, sizeof bytes);
-            for (ssize_t i = 0; i < got; i++) {
-                if (bytes[i] == SIGTERM) cws_watch_target(CWS_WATCH_TERMINATE, cws_watch_context);
-                if (bytes[i] == SIGHUP) cws_watch_target(CWS_WATCH_RELOAD, cws_watch_context);
+            unsigned char bytes[256];
+            while (read(cws_watch_pipe[0], bytes, sizeof bytes) > 0) {
             }
+            // Signals coalesce: several SIGHUPs before this point are one reload request. A reload pending with
+            // a SIGTERM is reported first, so that it is recorded before anyone can see the termination (the
+            // kernel, too, delivers the lower-numbered SIGHUP first when both are pending).
+            if (atomic_exchange(&cws_watch_reload_pending, 0)) cws_watch_target(CWS_WATCH_RELOAD, cws_watch_context);
+            if (atomic_exchange(&cws_watch_terminate_pending, 0)) cws_watch_target(CWS_WATCH_TERMINATE, cws_watch_context);
         }
         if (count == 2 && fds[1].revents) {
             char buffer[64];
