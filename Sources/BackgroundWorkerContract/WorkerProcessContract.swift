@@ -114,6 +114,15 @@ public enum WorkerProcessContract {
         }
 
         /// Creates an identity.
+        /// - Parameters:
+        ///   - worker: The registration.
+        ///   - slot: The worker's slot.
+        ///   - generation: The slot's generation.
+        ///   - supervisorPID: The supervisor's process id.
+        ///   - reportsReadiness: Whether descriptor 4 is the readiness pipe (`BGW_READY_FD`).
+        ///   - reportsStatus: Whether descriptor 4 is given as the status pipe for `ERROR=` lines even without
+        ///     readiness (`BGW_STATUS_FD`; always with readiness).
+        ///   - sharedMemorySize: The shared-memory segment's size, for a worker that gets descriptor 5.
         public init(
             worker: BackgroundWorker,
             slot: Int,
