@@ -7,7 +7,6 @@
 #include "CWorkerSupport.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -104,10 +103,10 @@ int cws_worker_watch_start(int alive_fd, int grace_ms, cws_watch_callback callba
         pthread_mutex_unlock(&cws_watch_start_lock);
         return EALREADY;
     }
-    if (pipe2(cws_watch_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
-        int error = errno;
+    int pipe_error = cws_pipe(cws_watch_pipe, 1, 1, 1);
+    if (pipe_error != 0) {
         pthread_mutex_unlock(&cws_watch_start_lock);
-        return error;
+        return pipe_error;
     }
     cws_watch_alive_fd = alive_fd;
     cws_watch_grace_ms = grace_ms;
