@@ -24,6 +24,7 @@ let package = Package(
         .executableTarget(
             name: "ExecutorHop",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "Benchmark", package: "package-benchmark"),
                 .product(name: "UVConcurrency", package: "swift-background-workers"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -36,6 +37,7 @@ let package = Package(
         .executableTarget(
             name: "Spawn",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "Benchmark", package: "package-benchmark"),
                 .product(name: "UVConcurrency", package: "swift-background-workers"),
                 "CSpawnBaseline",
@@ -56,6 +58,8 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),
+        // Small helpers the benchmark targets share.
+        .target(name: "BenchmarkSupport", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(name: "BenchEmptyMain"),
         .executableTarget(name: "BenchEmptyAsyncMain", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
@@ -66,6 +70,7 @@ let package = Package(
         .executableTarget(
             name: "Worker",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "Benchmark", package: "package-benchmark"),
                 .product(name: "BackgroundWorkers", package: "swift-background-workers"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,4 +1,5 @@
 import Benchmark
+import BenchmarkSupport
 import NIOCore
 import NIOPosix
 import UVConcurrency
@@ -108,8 +109,4 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(await sleepyCounter.increment(by: 1))
         }
     }
-}
-
-func nanoseconds(_ duration: Duration) -> Int {
-    Int(duration.components.seconds) * 1_000_000_000 + Int(duration.components.attoseconds / 1_000_000_000)
 }

@@ -1,4 +1,5 @@
 import Benchmark
+import BenchmarkSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -116,8 +117,4 @@ actor Spawner {
         let process = try self.loop.spawn(self.options)
         return try await process.waitForExit()
     }
-}
-
-func microseconds(_ duration: Duration) -> Int {
-    Int(duration.components.seconds) * 1_000_000 + Int(duration.components.attoseconds / 1_000_000_000_000)
 }

@@ -1,5 +1,6 @@
 import BackgroundWorkers
 import Benchmark
+import BenchmarkSupport
 import Logging
 
 #if canImport(Glibc)
@@ -100,8 +101,4 @@ let benchmarks: @Sendable () -> Void = {
             benchmark.measurement(versusAsync, elapsed[2] * 1000 / max(1, elapsed[1]))
         }
     }
-}
-
-func microseconds(_ duration: Duration) -> Int {
-    Int(duration.components.seconds) * 1_000_000 + Int(duration.components.attoseconds / 1_000_000_000_000)
 }
