@@ -192,12 +192,12 @@ extension WorkerSupervisor {
             other.notifyPID = nil
         }
 
-        let uptime = self.clock.now() - worker.startedAt
+        let now = self.clock.now()
+        let uptime = now - worker.startedAt
         let decision: ExitDecision
         if worker.waitingForCrashReset || self.crashReset?.remaining.contains(ObjectIdentifier(worker)) == true {
             decision = .crashReset
         } else {
-            let now = self.clock.now()
             if let budget = worker.registration.restartBudget {
                 worker.restartTimes.removeAll { now - $0 > budget.window }
             }
