@@ -40,7 +40,11 @@ let package = Package(
             providers: [.apt(["libuv1-dev"])]
         ),
         // Out-of-line C helpers that Swift cannot express safely (thread identity, signal masks, descriptors).
-        .target(name: "CWorkerSupport"),
+        .target(
+            name: "CWorkerSupport",
+            // The worker runtime's main thread drains Dispatch's main queue (MainThread.c).
+            linkerSettings: [.linkedLibrary("dispatch")]
+        ),
         // The libuv event loop as a Swift executor, with timers, signals, processes and pipes.
         .target(
             name: "UVConcurrency",

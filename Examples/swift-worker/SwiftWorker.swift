@@ -1,4 +1,5 @@
 import BackgroundWorkerRuntime
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -55,6 +56,16 @@ struct SwiftWorker: BackgroundWorkerMain {
             }
             for await _ in worker.reloads { return }  // the early SIGHUP, kept for the body
             exit(3)
+        case "parallel":  // starts on the main thread; a child task runs beside it while it is busy: exit 0
+            guard gettid() == getpid() else { exit(3) }
+            let rendezvous = Rendezvous()
+            async let childMet = rendezvous.meet()
+            let bodyMet = rendezvous.meet()  // spins on the main thread until the child arrives
+            guard await childMet, bodyMet else { exit(4) }
+        case "main-actor":  // MainActor work runs, on the main thread, before and after a sleep: exit 0
+            guard await MainActor.run(body: { gettid() == getpid() }) else { exit(3) }
+            try await Task.sleep(for: .milliseconds(1))
+            guard await MainActor.run(body: { gettid() == getpid() }) else { exit(4) }
         case "exit-on-reload":
             try worker.reportReady()
             for await _ in worker.reloads { return }  // the first SIGHUP: done, exit 0
@@ -66,3 +77,22 @@ struct SwiftWorker: BackgroundWorkerMain {
     }
 }
 
+/// Two parties that each wait, busily, for the other: both arrive only if they run at the same time.
+final class Rendezvous: Sendable {
+    private let arrived = Atomic<Int>(0)
+
+    /// Arrives and waits up to five seconds for the other party; false when it never came.
+    func meet() -> Bool {
+        self.arrived.add(1, ordering: .sequentiallyConsistent)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while self.arrived.load(ordering: .sequentiallyConsistent) < 2 {
+            if ContinuousClock.now > deadline { return false }
+        }
+        return true
+    }
+}
+
+/// glibc's `gettid` (declared only with `_GNU_SOURCE`, which the Glibc module does not set): the main thread's
+/// id is the process id.
+@_silgen_name("gettid")
+func gettid() -> pid_t

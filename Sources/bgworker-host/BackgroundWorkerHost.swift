@@ -20,14 +20,14 @@ struct BackgroundWorkerHost {
 
     typealias Entry = @convention(c) (UInt64) -> Void
 
-    static func main() async {
+    static func main() {
         let arguments = CommandLine.arguments
         guard arguments.count == 3 else {
             BackgroundWorkerRuntime.printError("usage: bgworker-host LIBRARY FUNCTION (started by a supervisor)")
             exit(2)
         }
         let (library, function) = (arguments[1], arguments[2])
-        await BackgroundWorkerRuntime.run(exitOnTerminate: true) { worker in
+        BackgroundWorkerRuntime.run(exitOnTerminate: true) { worker in
             guard let handle = dlopen(library, RTLD_NOW | RTLD_LOCAL) else {
                 throw HostError(description: "cannot load library '\(library)' for function '\(function)': \(Self.lastError())")
             }

@@ -84,6 +84,29 @@ extension SupervisorTests {
             }
         }
 
+        @Test(
+            "the body starts on the main thread, and a child task runs in parallel while the body is busy",
+            .timeLimit(.minutes(1))
+        )
+        func bodyOnMainThreadChildrenInParallel() async throws {
+            try await withSupervisor { supervisor in
+                let handle = try await supervisor.register(Self.swiftWorker("parallel", "parallel"))
+                // Exit 0: both met (3: the body was not on the main thread; 4: the child never ran beside it).
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
+            }
+        }
+
+        @Test("MainActor work in a worker runs on the main thread and does not hang", .timeLimit(.minutes(1)))
+        func mainActorRuns() async throws {
+            try await withSupervisor { supervisor in
+                let handle = try await supervisor.register(Self.swiftWorker("main-actor", "main-actor"))
+                // Exit 0 (3 or 4: a MainActor job ran off the main thread).
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
+            }
+        }
+
         @Test("supervisor death (end of file on descriptor 3) ends the worker with exit 1, promptly")
         func supervisorDeath() async throws {
             // Play the supervisor by hand: our own pipes as descriptors 3 and 4, and the contract's variables.

@@ -98,4 +98,19 @@ typedef void (*cws_watch_callback)(int event, void *context);
 /// on whatever the other threads block. Returns 0, or an errno (nothing installed then).
 int cws_worker_watch_start(int alive_fd, int grace_ms, cws_watch_callback callback, void *context);
 
+/// What `cws_main_wait` found.
+enum {
+    /// The wake-up pipe had bytes (drained).
+    CWS_MAIN_WAKE = 1,
+    /// Dispatch's main queue has work: call `cws_main_queue_drain` on the main thread.
+    CWS_MAIN_QUEUE = 2,
+};
+
+/// On the main thread: waits until `wake_fd` (the read end of a nonblocking pipe) is readable or Dispatch's main
+/// queue has work, and returns which (CWS_MAIN_WAKE | CWS_MAIN_QUEUE), or a negative errno.
+int cws_main_wait(int wake_fd);
+
+/// On the main thread: runs the jobs on Dispatch's main queue (the main actor's, on Linux).
+void cws_main_queue_drain(void);
+
 #endif
