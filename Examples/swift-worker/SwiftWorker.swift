@@ -66,6 +66,9 @@ struct SwiftWorker: BackgroundWorkerMain {
             guard await MainActor.run(body: { gettid() == getpid() }) else { exit(3) }
             try await Task.sleep(for: .milliseconds(1))
             guard await MainActor.run(body: { gettid() == getpid() }) else { exit(4) }
+        case "stuck":  // reports ready, then keeps the main thread busy and ignores cancellation
+            try worker.reportReady()
+            while true { sched_yield() }
         case "exit-on-reload":
             try worker.reportReady()
             for await _ in worker.reloads { return }  // the first SIGHUP: done, exit 0

@@ -107,8 +107,11 @@ extension SupervisorTests {
             }
         }
 
-        @Test("supervisor death (end of file on descriptor 3) ends the worker with exit 1, promptly")
-        func supervisorDeath() async throws {
+        @Test(
+            "supervisor death (end of file on descriptor 3) ends the worker with exit 1, promptly, even one stuck on the main thread",
+            arguments: ["serve", "stuck"]
+        )
+        func supervisorDeath(mode: String) async throws {
             // Play the supervisor by hand: our own pipes as descriptors 3 and 4, and the contract's variables.
             let loop = try UVEventLoop(name: "fake-supervisor")
             let alive = try UVPipePair()
@@ -122,7 +125,7 @@ extension SupervisorTests {
                 reportsReadiness: true
             )
             environment.merge(identity.environment) { _, new in new }
-            var options = UVSpawnOptions(executable: Self.workerPath, arguments: ["serve"], environment: environment, detached: true)
+            var options = UVSpawnOptions(executable: Self.workerPath, arguments: [mode], environment: environment, detached: true)
             options.descriptors = [0: 0, 1: 1, 2: 2, 3: alive.readEnd, 4: readiness.writeEnd]
             let spawnOptions = options
             let worker = try await loop.submit { try loop.spawn(spawnOptions) }
