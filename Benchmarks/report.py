@@ -18,7 +18,9 @@ COMPARISONS = {
         ("register→exited: /bin/true (baseline)", None, None),
         ("register→exited: empty Swift main (baseline)", "register→exited: /bin/true (baseline)", None),
         ("register→exited: empty async Swift main (baseline)", "register→exited: empty Swift main (baseline)", None),
-        ("register→exited: Swift worker on the runtime, returning at once", "register→exited: empty Swift main (baseline)", 1.2),
+        # The floor (≤ 1.20× an empty main) is judged in the interleaved table: these separate cases run a minute
+        # apart on a machine whose speed drifts by 10-20%.
+        ("register→exited: Swift worker on the runtime, returning at once", "register→exited: empty Swift main (baseline)", None),
         ("register→ready: Swift worker on the runtime", "register→exited: empty Swift main (baseline)", None),
     ],
     "ExecutorHop": [
