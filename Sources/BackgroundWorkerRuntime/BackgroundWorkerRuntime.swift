@@ -1,6 +1,5 @@
 import BackgroundWorkerContract
 import CWorkerSupport
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -270,7 +269,7 @@ final class BodyTask: Sendable {
         var cancelled = false
     }
 
-    private let state = Mutex(State())
+    private let state = RuntimeMutex(State())
 
     func set(_ task: Task<Void, Never>) {
         let cancelled = self.state.withLock { state -> Bool in

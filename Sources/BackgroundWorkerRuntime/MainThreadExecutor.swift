@@ -1,5 +1,4 @@
 import CWorkerSupport
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -24,7 +23,7 @@ final class MainThreadExecutor: TaskExecutor, Sendable {
         var busy = false
     }
 
-    private let state = Mutex(State())
+    private let state = RuntimeMutex(State())
     private let wakeRead: Int32
     private let wakeWrite: Int32
 

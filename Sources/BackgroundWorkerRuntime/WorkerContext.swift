@@ -1,5 +1,4 @@
 import BackgroundWorkerContract
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -18,7 +17,7 @@ public final class WorkerContext: Sendable {
 
     let reloadRequests: ReloadRequests
     let signals: SignalGate
-    private let mapping = Mutex<UnsafeMutableRawBufferPointer?>(nil)
+    private let mapping = RuntimeMutex<UnsafeMutableRawBufferPointer?>(nil)
 
     init(identity: WorkerProcessContract.Identity, reloads: ReloadRequests, signals: SignalGate) {
         self.identity = identity
@@ -132,7 +131,7 @@ final class ReloadRequests: Sendable {
         var finished = false
     }
 
-    private let state = Mutex(State())
+    private let state = RuntimeMutex(State())
 
     /// The sequence, made at the first call.
     func sequence() -> WorkerReloads {
@@ -189,7 +188,7 @@ final class SignalGate: Sendable {
         var terminationRequested = false
     }
 
-    private let state = Mutex(State())
+    private let state = RuntimeMutex(State())
     let onTerminate: @Sendable () -> Void
     let onReload: @Sendable () -> Void
 
