@@ -24,6 +24,16 @@ extension SupervisorTests {
             return worker
         }
 
+        /// Runs the example worker in `mode` under a supervisor and expects it to exit 0 (done, unregistered): the
+        /// test modes exit with another code when what they check fails.
+        static func expectCompletes(_ name: String, _ mode: String) async throws {
+            try await withSupervisor { supervisor in
+                let handle = try await supervisor.register(Self.swiftWorker(name, mode))
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
+            }
+        }
+
         @Test("returning exits 0 (unregistered); throwing exits 1 (restart policy applies)")
         func exitCodes() async throws {
             try await withSupervisor { supervisor in
@@ -76,12 +86,8 @@ extension SupervisorTests {
 
         @Test("a SIGHUP that came before the body first asked for reloads is not lost")
         func earlySighupIsKept() async throws {
-            try await withSupervisor { supervisor in
-                let handle = try await supervisor.register(Self.swiftWorker("early", "early-reload"))
-                // Exit 0: the body found the early request (3: it did not; 4: the SIGTERM was never seen).
-                #expect(try await handle.waitForShutdown() == .stopped)
-                #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
-            }
+            // Exit 0: the body found the early request (3: it did not; 4: the SIGTERM was never seen).
+            try await Self.expectCompletes("early", "early-reload")
         }
 
         @Test(
@@ -89,22 +95,14 @@ extension SupervisorTests {
             .timeLimit(.minutes(1))
         )
         func bodyOnMainThreadChildrenInParallel() async throws {
-            try await withSupervisor { supervisor in
-                let handle = try await supervisor.register(Self.swiftWorker("parallel", "parallel"))
-                // Exit 0: both met (3: the body was not on the main thread; 4: the child never ran beside it).
-                #expect(try await handle.waitForShutdown() == .stopped)
-                #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
-            }
+            // Exit 0: both met (3: the body was not on the main thread; 4: the child never ran beside it).
+            try await Self.expectCompletes("parallel", "parallel")
         }
 
         @Test("MainActor work in a worker runs on the main thread and does not hang", .timeLimit(.minutes(1)))
         func mainActorRuns() async throws {
-            try await withSupervisor { supervisor in
-                let handle = try await supervisor.register(Self.swiftWorker("main-actor", "main-actor"))
-                // Exit 0 (3 or 4: a MainActor job ran off the main thread).
-                #expect(try await handle.waitForShutdown() == .stopped)
-                #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
-            }
+            // Exit 0 (3 or 4: a MainActor job ran off the main thread).
+            try await Self.expectCompletes("main-actor", "main-actor")
         }
 
         @Test(
