@@ -92,7 +92,8 @@ let package = Package(
         ),
         .executableTarget(
             name: "SwiftWorker",
-            dependencies: ["BackgroundWorkerRuntime"],
+            // CWorkerSupport: cws_gettid, for the test mode that checks the body runs on the main thread.
+            dependencies: ["BackgroundWorkerRuntime", "CWorkerSupport"],
             path: "Examples/swift-worker",
             swiftSettings: swiftSettings
         ),

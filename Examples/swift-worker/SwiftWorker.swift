@@ -1,4 +1,5 @@
 import BackgroundWorkerRuntime
+import CWorkerSupport
 import Synchronization
 
 #if canImport(Glibc)
@@ -57,15 +58,15 @@ struct SwiftWorker: BackgroundWorkerMain {
             for await _ in worker.reloads { return }  // the early SIGHUP, kept for the body
             exit(3)
         case "parallel":  // starts on the main thread; a child task runs beside it while it is busy: exit 0
-            guard gettid() == getpid() else { exit(3) }
+            guard cws_gettid() == getpid() else { exit(3) }
             let rendezvous = Rendezvous()
             async let childMet = rendezvous.meet()
             let bodyMet = rendezvous.meet()  // spins on the main thread until the child arrives
             guard await childMet, bodyMet else { exit(4) }
         case "main-actor":  // MainActor work runs, on the main thread, before and after a sleep: exit 0
-            guard await MainActor.run(body: { gettid() == getpid() }) else { exit(3) }
+            guard await MainActor.run(body: { cws_gettid() == getpid() }) else { exit(3) }
             try await Task.sleep(for: .milliseconds(1))
-            guard await MainActor.run(body: { gettid() == getpid() }) else { exit(4) }
+            guard await MainActor.run(body: { cws_gettid() == getpid() }) else { exit(4) }
         case "stuck":  // reports ready, then keeps the main thread busy and ignores cancellation
             try worker.reportReady()
             while true { sched_yield() }
@@ -94,8 +95,3 @@ final class Rendezvous: Sendable {
         return true
     }
 }
-
-/// glibc's `gettid` (declared only with `_GNU_SOURCE`, which the Glibc module does not set): the main thread's
-/// id is the process id.
-@_silgen_name("gettid")
-func gettid() -> pid_t

@@ -24,16 +24,16 @@ final class MainThreadExecutor: TaskExecutor, Sendable {
     }
 
     private let state = RuntimeMutex(State())
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
+    /// An eventfd the main thread sleeps on; written when a job is handed to it.
+    private let wake: Int32
 
-    /// - Throws: ``WorkerRuntimeError`` when the wake-up pipe cannot be made.
+    /// - Throws: ``WorkerRuntimeError`` when the wake-up eventfd cannot be made.
     init() throws(WorkerRuntimeError) {
-        var fds: [Int32] = [-1, -1]
-        guard cws_pipe(&fds, 1, 1, 1) == 0 else {
-            throw WorkerRuntimeError(.runtimeFailed, "making the main thread's wake-up pipe failed: errno \(errno)")
+        let wake = cws_eventfd()
+        guard wake >= 0 else {
+            throw WorkerRuntimeError(.runtimeFailed, "making the main thread's wake-up eventfd failed: errno \(-wake)")
         }
-        (self.wakeRead, self.wakeWrite) = (fds[0], fds[1])
+        self.wake = wake
     }
 
     func enqueue(_ job: consuming ExecutorJob) {
@@ -47,15 +47,14 @@ final class MainThreadExecutor: TaskExecutor, Sendable {
             globalConcurrentExecutor.enqueue(job)
             return
         }
-        var byte: UInt8 = 1
-        while write(self.wakeWrite, &byte, 1) < 0 && errno == EINTR {}
+        _ = cws_eventfd_signal(self.wake)
     }
 
     /// Runs jobs on the calling thread, the process's main thread, until the process exits.
     func runOnMainThread() -> Never {
         let executor = self.asUnownedTaskExecutor()
         while true {
-            let ready = cws_main_wait(self.wakeRead)
+            let ready = cws_main_wait(self.wake)
             guard ready >= 0 else {
                 BackgroundWorkerRuntime.printError("worker runtime: waiting on the main thread failed: errno \(-ready)")
                 BackgroundWorkerRuntime.exitNow(1)

@@ -5,8 +5,7 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <stdint.h>
-#include <unistd.h>
+#include <stddef.h>
 
 // libdispatch's run-loop integration (its private.h; exported on Linux, used by CoreFoundation's run loop):
 // the main queue's eventfd, written when the main queue gets work, and the call that drains the main queue on
@@ -27,14 +26,11 @@ int cws_main_wait(int wake_fd) {
     }
     int ready = 0;
     if (fds[0].revents) {
-        unsigned char bytes[64];
-        while (read(wake_fd, bytes, sizeof bytes) > 0) {
-        }
+        cws_eventfd_drain(wake_fd);
         ready |= CWS_MAIN_WAKE;
     }
     if (fds[1].revents) {
-        uint64_t count;
-        (void)!read(cws_main_queue_fd, &count, sizeof count);
+        cws_eventfd_drain(cws_main_queue_fd);
         ready |= CWS_MAIN_QUEUE;
     }
     return ready;

@@ -100,14 +100,15 @@ int cws_worker_watch_start(int alive_fd, int grace_ms, cws_watch_callback callba
 
 /// What `cws_main_wait` found.
 enum {
-    /// The wake-up pipe had bytes (drained).
+    /// The wake-up eventfd was written (now drained).
     CWS_MAIN_WAKE = 1,
     /// Dispatch's main queue has work: call `cws_main_queue_drain` on the main thread.
     CWS_MAIN_QUEUE = 2,
 };
 
-/// On the main thread: waits until `wake_fd` (the read end of a nonblocking pipe) is readable or Dispatch's main
-/// queue has work, and returns which (CWS_MAIN_WAKE | CWS_MAIN_QUEUE), or a negative errno.
+/// On the main thread: waits until `wake_fd` (a `cws_eventfd`) is written or Dispatch's main queue has work
+/// (its own eventfd), drains what was ready, and returns which (CWS_MAIN_WAKE | CWS_MAIN_QUEUE), or a negative
+/// errno.
 int cws_main_wait(int wake_fd);
 
 /// On the main thread: runs the jobs on Dispatch's main queue (the main actor's, on Linux).
