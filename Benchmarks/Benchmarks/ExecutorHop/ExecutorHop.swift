@@ -76,24 +76,14 @@ let benchmarks: @Sendable () -> Void = {
         "hop interleaved: UVEventLoop vs SwiftNIO",
         configuration: .init(metrics: [uvMetric, nioMetric, ratioMetric], warmupIterations: 5, maxDuration: .seconds(10), maxIterations: 400)
     ) { benchmark in
-        var flip = false
+        var turn = 0
         for _ in benchmark.scaledIterations {
-            flip.toggle()
-            var uv: Duration = .zero
-            var nio: Duration = .zero
-            for pass in 0..<2 {
-                let useUV = (pass == 0) == flip
-                let start = ContinuousClock.now
-                for _ in 0..<100 {
-                    if useUV {
-                        blackHole(await uvCounter.increment(by: 1))
-                    } else {
-                        blackHole(await nioCounter.increment(by: 1))
-                    }
-                }
-                let elapsed = start.duration(to: .now)
-                if useUV { uv = elapsed } else { nio = elapsed }
-            }
+            turn += 1
+            let elapsed = try await timeInRotation(turn: turn, batch: 100, [
+                { blackHole(await uvCounter.increment(by: 1)) },
+                { blackHole(await nioCounter.increment(by: 1)) },
+            ])
+            let (uv, nio) = (elapsed[0], elapsed[1])
             let uvNanoseconds = nanoseconds(uv) / 100
             let nioNanoseconds = nanoseconds(nio) / 100
             benchmark.measurement(uvMetric, uvNanoseconds)

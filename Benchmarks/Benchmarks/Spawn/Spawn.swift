@@ -64,25 +64,17 @@ let benchmarks: @Sendable () -> Void = {
         "spawn→exit interleaved: UVConcurrency (actor on the loop) vs C posix_spawn",
         configuration: .init(metrics: [oursMetric, posixMetric, ratioMetric], warmupIterations: 3, maxDuration: .seconds(10), maxIterations: 300)
     ) { benchmark in
-        var flip = false
+        var turn = 0
         for _ in benchmark.scaledIterations {
-            flip.toggle()
-            var ours: Duration = .zero
-            var posix: Duration = .zero
-            for pass in 0..<2 {
-                let useOurs = (pass == 0) == flip
-                let start = ContinuousClock.now
-                for _ in 0..<5 {
-                    if useOurs {
-                        let status = try await posixSpawner.spawnAndWait()
-                        precondition(status == .exited(0))
-                    } else {
-                        precondition(csb_posix_spawn_and_wait("/bin/true", cEnvironment) == 0)
-                    }
-                }
-                let elapsed = start.duration(to: .now)
-                if useOurs { ours = elapsed } else { posix = elapsed }
-            }
+            turn += 1
+            let elapsed = try await timeInRotation(turn: turn, batch: 5, [
+                {
+                    let status = try await posixSpawner.spawnAndWait()
+                    precondition(status == .exited(0))
+                },
+                { precondition(csb_posix_spawn_and_wait("/bin/true", cEnvironment) == 0) },
+            ])
+            let (ours, posix) = (elapsed[0], elapsed[1])
             let oursMicroseconds = microseconds(ours) / 5
             let posixMicroseconds = microseconds(posix) / 5
             benchmark.measurement(oursMetric, oursMicroseconds)

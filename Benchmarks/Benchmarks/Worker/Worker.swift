@@ -84,16 +84,12 @@ let benchmarks: @Sendable () -> Void = {
         var turn = 0
         for _ in benchmark.scaledIterations {
             turn += 1
-            var elapsed = [0, 0, 0]
-            for step in 0..<3 {
-                let which = (step + turn) % 3
-                let start = ContinuousClock.now
-                for _ in 0..<3 {
-                    let handle = try await supervisor.register(rotation[which])
+            let elapsed = try await timeInRotation(turn: turn, batch: 3, rotation.map { worker in
+                {
+                    let handle = try await supervisor.register(worker)
                     _ = try await handle.waitForShutdown()
                 }
-                elapsed[which] = microseconds(start.duration(to: .now)) / 3
-            }
+            }).map { microseconds($0) / 3 }
             benchmark.measurement(emptyMetric, elapsed[0])
             benchmark.measurement(asyncMetric, elapsed[1])
             benchmark.measurement(runtimeMetric, elapsed[2])

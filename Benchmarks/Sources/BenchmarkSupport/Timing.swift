@@ -1,0 +1,29 @@
+/// Whole nanoseconds in a duration, for the custom metrics of the interleaved benchmarks.
+public func nanoseconds(_ duration: Duration) -> Int {
+    Int(duration.components.seconds) * 1_000_000_000 + Int(duration.components.attoseconds / 1_000_000_000)
+}
+
+/// Whole microseconds in a duration, for the custom metrics of the interleaved benchmarks.
+public func microseconds(_ duration: Duration) -> Int {
+    Int(duration.components.seconds) * 1_000_000 + Int(duration.components.attoseconds / 1_000_000_000_000)
+}
+
+/// Times contenders side by side in one sample of an interleaved benchmark: each runs `batch` times in a row,
+/// in an order that rotates with `turn` (pass the sample's number), so that drift in the machine's speed falls
+/// on each alike. Returns each contender's time for its whole batch, in the order given.
+public func timeInRotation(
+    turn: Int,
+    batch: Int,
+    _ contenders: [() async throws -> Void]
+) async throws -> [Duration] {
+    var elapsed = [Duration](repeating: .zero, count: contenders.count)
+    for step in 0..<contenders.count {
+        let which = (step + turn) % contenders.count
+        let start = ContinuousClock.now
+        for _ in 0..<batch {
+            try await contenders[which]()
+        }
+        elapsed[which] = start.duration(to: .now)
+    }
+    return elapsed
+}
