@@ -277,3 +277,41 @@ extension SupervisorError {
         return ProbeError(description: message)
     }
 }
+
+/// The directory of this test binary, where SwiftPM puts the package's executables too.
+let buildDirectory: String = {
+    let me = CommandLine.arguments[0]
+    return me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+}()
+
+/// Runs the fixture supervisor (`Tests/Fixtures/FixtureSupervisor`) in a process of its own, for tests that change
+/// process-wide state or count a whole process's descriptors, and returns what it printed and how it ended.
+func runFixture(_ arguments: [String]) async throws -> (lines: [String], status: UVExitStatus) {
+    let loop = try UVEventLoop(name: "fixture")
+    let output = try UVPipePair()
+    var options = UVSpawnOptions(
+        executable: buildDirectory + "/FixtureSupervisor",
+        arguments: arguments,
+        environment: ["PATH": "/usr/bin:/bin"],
+        detached: true
+    )
+    options.descriptors = [0: 0, 1: output.writeEnd]  // its log lines (standard error) are not wanted here
+    let spawnOptions = options
+    do {
+        let process = try await loop.submit { try loop.spawn(spawnOptions) }
+        output.closeWriteEnd()
+        let lines = Collector<String>()
+        let reader = try await loop.submit {
+            try loop.readLines(from: output.readEnd) { lines.append($0) } onEnd: { _ in }
+        }
+        // Its exit, not the end of its output: a worker it leaves behind may hold the pipe.
+        let status = try await process.waitForExit()
+        try await loop.submit { reader.drainAndClose() }
+        try await loop.shutdown()
+        return (lines.all, status)
+    } catch {
+        output.close()
+        try? await loop.shutdown()
+        throw error
+    }
+}

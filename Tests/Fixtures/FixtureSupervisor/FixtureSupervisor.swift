@@ -5,11 +5,14 @@ import BackgroundWorkers
 import Glibc
 #endif
 
-/// A supervisor process for tests that kill a supervisor: registers N workers running the executable given
-/// as the first argument (in its `serve` mode), prints each one's pid once it is ready, then waits.
+/// A supervisor process for tests that need a process of their own: one they kill, one whose process-wide
+/// state (descriptor limits, signal dispositions) they change, or one whose descriptors and memory they count.
 ///
-/// Usage: fixture-supervisor WORKER-EXECUTABLE N
-///        fixture-supervisor builtin   (runs its built-in worker "echo" and reports how it went)
+/// Usage: FixtureSupervisor WORKER-EXECUTABLE N   (N workers in `serve` mode; prints each pid, then waits)
+///        FixtureSupervisor builtin               (runs its built-in worker "echo" and reports how it went)
+///        FixtureSupervisor emfile-storm N        (interval 0 while no descriptor is free: N spawn attempts)
+///        FixtureSupervisor notify-self           (a worker whose notify pid is this process)
+///        FixtureSupervisor lifetimes N EVERY     (N supervisors one after another, a worker each)
 @main
 struct FixtureSupervisor {
     static func main() async throws {
@@ -22,18 +25,31 @@ struct FixtureSupervisor {
                 try Task.checkCancellation()
             }
         ])
-        let arguments = CommandLine.arguments
-        if arguments.count == 2, arguments[1] == "builtin" {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        switch arguments.first {
+        case "builtin":
             try await Self.runBuiltin()
-            return
+        case "emfile-storm":
+            try await Self.emfileStorm(attempts: Int(arguments.dropFirst().first ?? "") ?? 5000)
+        case "notify-self":
+            try await Self.notifySelf()
+        case "lifetimes":
+            let count = arguments.count > 1 ? Int(arguments[1]) ?? 100 : 100
+            let every = arguments.count > 2 ? Int(arguments[2]) ?? 10 : 10
+            try await Self.lifetimes(count, every: every)
+        default:
+            guard arguments.count == 2, let count = Int(arguments[1]) else {
+                emit("usage: FixtureSupervisor WORKER-EXECUTABLE N | builtin | emfile-storm N | notify-self | lifetimes N EVERY")
+                exit(64)
+            }
+            try await Self.serve(arguments[0], count: count)
         }
-        guard arguments.count == 3, let count = Int(arguments[2]) else {
-            emit("usage: fixture-supervisor WORKER-EXECUTABLE N")
-            return
-        }
+    }
+
+    static func serve(_ executable: String, count: Int) async throws {
         try await withWorkerSupervisor { supervisor in
             for index in 0..<count {
-                var worker = BackgroundWorker(name: "fixture-\(index)", entryPoint: .executable(arguments[1], arguments: ["serve"]))
+                var worker = BackgroundWorker(name: "fixture-\(index)", entryPoint: .executable(executable, arguments: ["serve"]))
                 worker.reportsReadiness = true
                 worker.restartInterval = .never
                 let handle = try await supervisor.register(worker)
@@ -68,6 +84,84 @@ extension FixtureSupervisor {
             emit("\(await missing.detail)")
         }
     }
+
+    /// Restart interval 0 while this process cannot open another descriptor: every spawn fails with EMFILE and
+    /// is retried at once. Prints how many attempts it saw, then lifts the limit.
+    static func emfileStorm(attempts: Int) async throws {
+        try await withWorkerSupervisor { supervisor in
+            let events = await supervisor.events()
+            var worker = BackgroundWorker(name: "storm", entryPoint: .executable("/bin/true"))
+            worker.restartInterval = .seconds(0)
+            worker.reportsReadiness = true  // its readiness pipe is a descriptor too
+            var limit = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            let lowestFree = dup(0)
+            close(lowestFree)
+            var lowered = limit
+            lowered.rlim_cur = rlim_t(lowestFree)
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
+            let handle = try await supervisor.register(worker)
+            var failures = 0
+            for await event in events where event.handle == handle {
+                if case .spawnFailed = event.kind { failures += 1 }
+                if failures >= attempts { break }
+            }
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            emit("attempts \(failures)")
+            await handle.terminate()
+        }
+    }
+
+    /// A worker whose notify pid is this very process, which watches no signal of its own.
+    static func notifySelf() async throws {
+        try await withWorkerSupervisor { supervisor in
+            var worker = BackgroundWorker(name: "notifies-me", entryPoint: .executable("/bin/sleep", arguments: ["1000"]))
+            worker.notifyPID = getpid()
+            worker.restartInterval = .never
+            let handle = try await supervisor.register(worker)
+            _ = try await handle.waitForStartup()
+            emit("started")
+            await handle.terminate()
+            _ = try await handle.waitForShutdown()
+            emit("survived")
+        }
+    }
+
+    /// Supervisors made and stopped one after another, a worker each: prints this process's open descriptors
+    /// and resident memory every `every` lifetimes.
+    static func lifetimes(_ count: Int, every: Int) async throws {
+        for index in 1...count {
+            try await withWorkerSupervisor { supervisor in
+                let handle = try await supervisor.register(BackgroundWorker(name: "once", entryPoint: .executable("/bin/true")))
+                _ = try await handle.waitForShutdown()
+            }
+            if index % every == 0 {
+                emit("lifetimes \(index) descriptors \(openDescriptors()) rss \(residentKiB())")
+            }
+        }
+    }
+}
+
+/// This process's open descriptors, from /proc/self/fd (less the one reading it).
+func openDescriptors() -> Int {
+    guard let directory = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(directory) }
+    var count = 0
+    while let entry = readdir(directory) {
+        if entry.pointee.d_name.0 != 0x2e { count += 1 }  // not "." or ".."
+    }
+    return count - 1
+}
+
+/// This process's resident memory in KiB, from /proc/self/statm (its second field, in pages).
+func residentKiB() -> Int {
+    guard let file = fopen("/proc/self/statm", "re") else { return -1 }
+    defer { fclose(file) }
+    var buffer = [CChar](repeating: 0, count: 128)
+    guard fgets(&buffer, 128, file) != nil else { return -1 }
+    let fields = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ")
+    guard fields.count >= 2, let pages = Int(fields[1]) else { return -1 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
 }
 
 /// Writes a line to standard output at once (a pipe would otherwise buffer it).
