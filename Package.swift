@@ -100,13 +100,15 @@ let package = Package(
         // A supervisor process for tests that kill one (not a product).
         .executableTarget(
             name: "FixtureSupervisor",
-            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime"],
+            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime", "UVConcurrency"],
             path: "Tests/Fixtures/FixtureSupervisor",
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "SupervisorDemo",
-            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "BackgroundWorkers", "BackgroundWorkerRuntime", "UVConcurrency", .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Examples/supervisor-demo",
             swiftSettings: swiftSettings
         ),

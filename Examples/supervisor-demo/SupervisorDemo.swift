@@ -2,6 +2,7 @@ import BackgroundWorkerRuntime
 import BackgroundWorkers
 import Logging
 import Synchronization
+import UVConcurrency
 
 #if canImport(Glibc)
 import Glibc

@@ -61,14 +61,38 @@ extension BackgroundWorker {
             guard backoff.multiplier >= 1, backoff.multiplier.isFinite else {
                 throw refuse("restartBackoff.multiplier", "\(backoff.multiplier)", "which must be a finite number of at least 1")
             }
-            guard backoff.maximum >= (backoff.initial ?? self.restartInterval.duration ?? .zero) else {
+            let first = backoff.initial ?? self.restartInterval.duration ?? .zero
+            guard backoff.maximum >= first else {
                 throw refuse("restartBackoff.maximum", "\(backoff.maximum)", "less than the first wait; raise the maximum")
+            }
+            // Without the throttle's floor, a first wait of zero stays zero however often it is multiplied.
+            guard first > .zero || self.restartThrottle != nil else {
+                throw refuse(
+                    "restartBackoff.initial",
+                    backoff.initial.map { "\($0)" } ?? "nil (the restart interval, 0 s)",
+                    "so every wait would be 0 s (0 × multiplier stays 0); set initial above zero, or keep restartThrottle"
+                )
             }
             guard backoff.jitter >= 0, backoff.jitter <= 1 else {
                 throw refuse("restartBackoff.jitter", "\(backoff.jitter)", "outside 0...1")
             }
             guard backoff.resetAfter > .zero else {
                 throw refuse("restartBackoff.resetAfter", "\(backoff.resetAfter)", "which must be positive")
+            }
+        }
+
+        if let throttle = self.restartThrottle {
+            guard throttle.initial > .zero else {
+                throw refuse("restartThrottle.initial", "\(throttle.initial)", "which must be more than zero; use restartThrottle = nil for PostgreSQL's unthrottled restarts")
+            }
+            guard throttle.multiplier >= 1, throttle.multiplier.isFinite else {
+                throw refuse("restartThrottle.multiplier", "\(throttle.multiplier)", "which must be a finite number of at least 1")
+            }
+            guard throttle.maximum >= throttle.initial else {
+                throw refuse("restartThrottle.maximum", "\(throttle.maximum)", "less than restartThrottle.initial (\(throttle.initial)); raise the maximum")
+            }
+            guard throttle.stableAfter > .zero else {
+                throw refuse("restartThrottle.stableAfter", "\(throttle.stableAfter)", "which must be positive")
             }
         }
 

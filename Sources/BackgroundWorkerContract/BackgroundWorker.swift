@@ -35,6 +35,11 @@ public struct BackgroundWorker: Sendable, Hashable, Codable {
     public var stopGracePeriod: Duration
     /// Opt-in exponential backoff between restarts (beyond PostgreSQL); `nil` restarts after a fixed interval.
     public var restartBackoff: RestartBackoff?
+    /// The guard against restart storms, on by default (beyond PostgreSQL): a worker that keeps ending within
+    /// ``RestartThrottle/stableAfter`` of its start waits at least a minimum that starts at 100 ms and doubles
+    /// up to 30 s, whatever its interval. `nil` restarts exactly as PostgreSQL does: after the interval, forever,
+    /// so that interval 0 means at once.
+    public var restartThrottle: RestartThrottle?
     /// Opt-in restart budget (beyond PostgreSQL): at most so many restarts in a window, then "gave up".
     public var restartBudget: RestartBudget?
     /// Whether the worker reports readiness through its readiness descriptor (a `READY=1` line), so that
@@ -49,7 +54,8 @@ public struct BackgroundWorker: Sendable, Hashable, Codable {
     public static let defaultRestartSeconds = 60
 
     /// Creates a registration with PostgreSQL's defaults: no flags, started at supervisor start, restarted
-    /// 60 seconds after an exit with code 1, argument 0, no extra bytes, no notification.
+    /// 60 seconds after an exit with code 1, argument 0, no extra bytes, no notification; and one default that
+    /// PostgreSQL lacks, the ``restartThrottle`` against restart storms.
     public init(name: String, entryPoint: EntryPoint) {
         self.name = name
         self.type = nil
@@ -62,6 +68,7 @@ public struct BackgroundWorker: Sendable, Hashable, Codable {
         self.notifyPID = nil
         self.stopGracePeriod = .seconds(10)
         self.restartBackoff = nil
+        self.restartThrottle = .default
         self.restartBudget = nil
         self.reportsReadiness = false
     }
@@ -243,6 +250,43 @@ extension BackgroundWorker {
             self.maximum = maximum
             self.jitter = jitter
             self.resetAfter = resetAfter
+        }
+    }
+
+    /// A minimum wait before restarting a worker that keeps failing fast (beyond PostgreSQL, on by default).
+    ///
+    /// PostgreSQL restarts a worker after its interval, forever; with interval 0 a worker that fails at once is
+    /// restarted thousands of times a second and costs the supervisor a large share of a core. The throttle
+    /// counts the consecutive runs shorter than ``stableAfter`` (a failed spawn counts as one) and makes the
+    /// n-th such restart wait at least `min(initial × multiplierⁿ⁻¹, maximum)`; the worker's own interval (or
+    /// backoff) applies when it is longer. One run of at least ``stableAfter`` starts the count again. A worker
+    /// that runs longer than that is never throttled, so a worker with an interval of a few seconds or more, or
+    /// one that fails only now and then, restarts exactly as in PostgreSQL.
+    public struct RestartThrottle: Sendable, Hashable, Codable {
+        /// The wait before the first throttled restart: more than zero.
+        public var initial: Duration
+        /// How much each further wait grows: at least 1.
+        public var multiplier: Double
+        /// The longest wait.
+        public var maximum: Duration
+        /// A run at least this long counts as stable and resets the throttle.
+        public var stableAfter: Duration
+
+        /// 100 ms, doubling up to 30 s; runs of 1 s or more are stable. A worker that fails at once is restarted
+        /// 8 times in its first 25 seconds, then twice a minute.
+        public static let `default` = RestartThrottle()
+
+        /// Creates a throttle.
+        public init(
+            initial: Duration = .milliseconds(100),
+            multiplier: Double = 2,
+            maximum: Duration = .seconds(30),
+            stableAfter: Duration = .seconds(1)
+        ) {
+            self.initial = initial
+            self.multiplier = multiplier
+            self.maximum = maximum
+            self.stableAfter = stableAfter
         }
     }
 

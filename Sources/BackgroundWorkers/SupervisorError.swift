@@ -2,7 +2,11 @@ import BackgroundWorkerContract
 import UVConcurrency
 
 /// The one error type of `BackgroundWorkers`: what was refused or what ended a wait, with a sentence a person
-/// can act on. A worker's non-zero exit is a result (``WorkerStatusDetail``), never this error.
+/// can act on, and the error underneath when another one caused it. A worker's non-zero exit is a result
+/// (``WorkerStatusDetail``), never this error.
+///
+/// Two errors are equal when code, message, registration error and detail are; the underlying error is not
+/// compared.
 public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What happened. A struct over a private enum, so codes can be added without breaking callers.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
@@ -70,16 +74,40 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
     public let message: String
     /// For ``Code/invalidRegistration``: the broken rule.
     public let registrationError: RegistrationError?
-    /// For ``Code/workerStopped``: how the worker stopped.
+    /// For ``Code/workerStopped`` and ``Code/supervisorStopped``: how the worker stopped.
     public let detail: WorkerStatusDetail?
+    /// The error that caused this one: the startup step's for ``Code/startupFailed``, a ``UVConcurrency/UVError``
+    /// for ``Code/loopFailed``.
+    public let underlying: (any Error)?
 
-    init(_ code: Code, _ message: String, registrationError: RegistrationError? = nil, detail: WorkerStatusDetail? = nil) {
+    init(
+        _ code: Code,
+        _ message: String,
+        registrationError: RegistrationError? = nil,
+        detail: WorkerStatusDetail? = nil,
+        underlying: (any Error)? = nil
+    ) {
         self.code = code
         self.message = message
         self.registrationError = registrationError
         self.detail = detail
+        self.underlying = underlying
     }
 
     /// `code: message`.
     public var description: String { "\(self.code): \(self.message)" }
+
+    /// Equal when code, message, registration error and detail are.
+    public static func == (lhs: SupervisorError, rhs: SupervisorError) -> Bool {
+        lhs.code == rhs.code && lhs.message == rhs.message && lhs.registrationError == rhs.registrationError
+            && lhs.detail == rhs.detail
+    }
+
+    /// Hashes code, message, registration error and detail.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(self.code)
+        hasher.combine(self.message)
+        hasher.combine(self.registrationError)
+        hasher.combine(self.detail)
+    }
 }

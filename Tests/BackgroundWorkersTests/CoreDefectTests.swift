@@ -128,7 +128,8 @@ extension SupervisorTests {
                 return (descriptors, rss)
             }
             try #require(figures.count == 4, "\(lines)")
-            #expect(figures.allSatisfy { $0.descriptors == figures[0].descriptors }, "\(lines)")
+            // Flat: the last loop may still be on its way out (freed on its own thread) when a figure is taken.
+            #expect(figures.allSatisfy { abs($0.descriptors - figures[0].descriptors) <= 1 }, "\(lines)")
             #expect(figures[3].rss - figures[0].rss < 4096, "resident memory grew: \(lines)")
         }
 

@@ -2,6 +2,7 @@ import BackgroundWorkers
 import Synchronization
 import TestSupport
 import Testing
+import UVConcurrency
 
 #if canImport(Glibc)
 import Glibc
@@ -132,7 +133,7 @@ extension SupervisorTests {
             await supervisor.shutdown(.fast)
             try await runner.value
             #expect(await handle.status == .supervisorDied)
-            #expect(await handle.detail == .unregistered(.shutdown, lastExit: .exited(1)))
+            #expect(await handle.detail == .unregistered(.shutdown(.fast), lastExit: .exited(1)))
         }
 
         @Test("PG-21: waits resolve: startup at the first status change, shutdown at the first exit, supervisor gone")
@@ -252,7 +253,7 @@ extension SupervisorTests {
             #expect(await handle.status == .started(pid: pid))  // smart: nobody is signalled
             kill(pid, SIGTERM)  // it exits 1 by itself: no restart during shutdown (PG-24)
             try await runner.value
-            #expect(await handle.detail == .unregistered(.shutdown, lastExit: .exited(1)))
+            #expect(await handle.detail == .unregistered(.shutdown(.smart), lastExit: .exited(1)))
         }
 
         @Test("PG-23, PG-24: fast shutdown: SIGTERM, then SIGKILL after the grace period; a stuck worker cannot hang it")
@@ -275,7 +276,7 @@ extension SupervisorTests {
             _ = try await politeHandle.waitForReady()
             await supervisor.shutdown(.fast)
             #expect(try await politeHandle.waitForShutdown() == .stopped)
-            #expect(await politeHandle.detail == .unregistered(.shutdown, lastExit: .exited(1)))  // no restart
+            #expect(await politeHandle.detail == .unregistered(.shutdown(.fast), lastExit: .exited(1)))  // no restart
             await clock.waitForSleepers(1)
             clock.advance(by: .seconds(3))
             try await runner.value  // returns only once every child was reaped

@@ -1,6 +1,7 @@
 import BackgroundWorkers
 import TestSupport
 import Testing
+import UVConcurrency
 
 #if canImport(Glibc)
 import Glibc
@@ -85,7 +86,7 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-6: a stale handle reports stopped and its terminate does nothing (ABA-safe)")
+        @Test("PG-6: a stale handle reports stopped with its own outcome, and its terminate does nothing (ABA-safe)")
         func staleHandle() async throws {
             try await withSupervisor(slots: 1) { supervisor in
                 let old = try await supervisor.register(shellWorker("old", Script.exit(0)))
@@ -95,7 +96,7 @@ extension SupervisorTests {
                 #expect(new.slot == old.slot && new.generation != old.generation)
                 let pid = try await new.waitForStartup()
                 #expect(await old.status == .stopped)
-                #expect(await old.detail == .unregistered(.replaced, lastExit: nil))
+                #expect(await old.detail == .unregistered(.completed, lastExit: .exited(0)))
                 await old.terminate()
                 #expect(await new.status == .started(pid: pid))
                 #expect(try await old.waitForShutdown() == .stopped)

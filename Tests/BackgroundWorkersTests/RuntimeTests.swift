@@ -2,6 +2,7 @@ import BackgroundWorkers
 import CWorkerSupport
 import TestSupport
 import Testing
+import UVConcurrency
 
 #if canImport(Glibc)
 import Glibc

@@ -1,7 +1,9 @@
 /// A registered worker, as PostgreSQL's `BackgroundWorkerHandle`: its slot and the slot's generation.
 ///
-/// A handle stays valid forever: once its worker is gone and the slot reused, it reports `.stopped`, and
-/// ``terminate()`` through it does nothing (no ABA). Every wait resolves: with the awaited state, with a
+/// A handle stays valid forever and answers for its own worker only: once that worker is gone it reports
+/// `.stopped` with how it ended (its exit status, or why it was unregistered), also after the slot was reused
+/// by another registration, and ``terminate()`` through it does nothing (no ABA). The supervisor keeps nothing
+/// for it: the outcome lives in the handle. Every wait resolves: with the awaited state, with a
 /// ``SupervisorError`` that says why it cannot come (the worker stopped, the supervisor stopped), or with
 /// `CancellationError` when the waiting task is cancelled.
 public struct BackgroundWorkerHandle: Sendable, Hashable, CustomStringConvertible {
@@ -11,12 +13,17 @@ public struct BackgroundWorkerHandle: Sendable, Hashable, CustomStringConvertibl
     public let generation: UInt64
     /// The supervisor that owns the worker.
     public let supervisor: WorkerSupervisor
+    /// Where the supervisor leaves the worker's final state when it unregisters it.
+    let record: WorkerRecord
 
-    init(slot: Int, generation: UInt64, supervisor: WorkerSupervisor) {
-        self.slot = slot
-        self.generation = generation
+    init(id: WorkerID, supervisor: WorkerSupervisor, record: WorkerRecord) {
+        self.slot = id.slot
+        self.generation = id.generation
         self.supervisor = supervisor
+        self.record = record
     }
+
+    var id: WorkerID { WorkerID(slot: self.slot, generation: self.generation) }
 
     /// Equal when slot, generation and supervisor are.
     public static func == (lhs: BackgroundWorkerHandle, rhs: BackgroundWorkerHandle) -> Bool {

@@ -31,8 +31,7 @@ public struct UnregisterReason: Hashable, Sendable, CustomStringConvertible {
         case terminated
         case spawnFailed(UVError)
         case crashReset
-        case shutdown
-        case replaced
+        case shutdown(ShutdownMode)
     }
 
     private let base: Base
@@ -48,14 +47,18 @@ public struct UnregisterReason: Hashable, Sendable, CustomStringConvertible {
     public static func spawnFailed(_ error: UVError) -> UnregisterReason { UnregisterReason(.spawnFailed(error)) }
     /// A crash reset forgot it (a never-restart worker with shared memory).
     public static let crashReset = UnregisterReason(.crashReset)
-    /// The supervisor shut down.
-    public static let shutdown = UnregisterReason(.shutdown)
-    /// The handle is stale: its slot was reused, and how this worker ended is no longer known.
-    public static let replaced = UnregisterReason(.replaced)
+    /// The supervisor shut down in this mode (deliberately: a crash of the supervisor leaves no reason).
+    public static func shutdown(_ mode: ShutdownMode) -> UnregisterReason { UnregisterReason(.shutdown(mode)) }
 
     /// The spawn error, for ``spawnFailed(_:)``.
     public var spawnError: UVError? {
         if case .spawnFailed(let error) = self.base { return error }
+        return nil
+    }
+
+    /// The shutdown mode, for ``shutdown(_:)``.
+    public var shutdownMode: ShutdownMode? {
+        if case .shutdown(let mode) = self.base { return mode }
         return nil
     }
 
@@ -67,8 +70,7 @@ public struct UnregisterReason: Hashable, Sendable, CustomStringConvertible {
         case .terminated: "terminated"
         case .spawnFailed(let error): "could not be started: \(error)"
         case .crashReset: "forgotten by a crash reset"
-        case .shutdown: "the supervisor shut down"
-        case .replaced: "stale handle: the slot was reused"
+        case .shutdown(let mode): "the supervisor shut down (\(mode) shutdown)"
         }
     }
 }
@@ -86,11 +88,10 @@ public enum WorkerStatusDetail: Hashable, Sendable, CustomStringConvertible {
     /// Exited (or failed to spawn) and will be restarted after `after`, counted from the reap.
     case restartScheduled(after: Duration, lastExit: UVExitStatus?, spawnError: UVError?)
     /// Its restart budget ran out: it stays stopped until ``BackgroundWorkerHandle/resetRestartBudget()``.
-    case gaveUp(lastExit: UVExitStatus, restarts: Int, window: Duration)
-    /// Gone, its slot freed.
+    /// `lastExit` is nil when what spent the budget were failed spawns.
+    case gaveUp(lastExit: UVExitStatus?, restarts: Int, window: Duration)
+    /// Gone, its slot freed. A handle keeps this for as long as it exists, also after the slot is reused.
     case unregistered(UnregisterReason, lastExit: UVExitStatus?)
-    /// The supervisor stopped.
-    case supervisorStopped
 
     /// A short description.
     public var description: String {
@@ -101,9 +102,9 @@ public enum WorkerStatusDetail: Hashable, Sendable, CustomStringConvertible {
         case .stopping(let pid): "stopping (pid \(pid))"
         case .restartScheduled(let after, let exit, let error):
             "restarting \(after) after \(exit.map { "it \($0)" } ?? error.map { "\($0)" } ?? "its exit")"
-        case .gaveUp(let exit, let restarts, let window): "gave up after \(restarts) restarts in \(window); last \(exit)"
+        case .gaveUp(let exit, let restarts, let window):
+            "gave up after \(restarts) restarts in \(window)\(exit.map { "; last \($0)" } ?? "")"
         case .unregistered(let reason, let exit): "unregistered: \(reason)\(exit.map { " (\($0))" } ?? "")"
-        case .supervisorStopped: "the supervisor stopped"
         }
     }
 }

@@ -7,7 +7,7 @@ import Glibc
 /// The supervisor's shared-memory segment: an anonymous, zero-filled memfd handed to every worker with the
 /// shared-memory flag as descriptor 5. A crash reset replaces it with a new one (PG-13: "shared memory is
 /// rebuilt"); the workers that held the old one are all gone by then.
-final class SharedMemorySegment {
+final class SharedMemorySegment: Sendable {
     let descriptor: Int32
     let size: Int
 

@@ -1,5 +1,6 @@
 import Logging
 import Metrics
+import UVConcurrency
 
 extension WorkerSupervisor {
     /// The supervisor's settings, with defaults. PostgreSQL's GUCs where one exists.
@@ -37,6 +38,10 @@ extension WorkerSupervisor {
         public var random: @Sendable () -> Double = { Double.random(in: 0..<1) }
         /// The name of the supervisor's event-loop thread.
         public var loopName = "bgworker-supervisor"
+        /// How workers are started: `posix_spawn` plus a pidfd watched on the loop (the default, through
+        /// `UVSpawnStrategy.automatic`), or libuv's `uv_spawn` with its SIGCHLD handling (`.libuv`, which
+        /// `fork`s and so slows down as the supervising process grows). Both follow the same rules.
+        public var spawnStrategy: UVSpawnStrategy = .automatic
 
         /// The defaults.
         public init() {}

@@ -1,6 +1,5 @@
-import Logging
-import Metrics
 import BackgroundWorkerContract
+import Logging
 import ServiceLifecycle
 import UVConcurrency
 
@@ -15,16 +14,80 @@ extension WorkerSupervisor: Service {
     /// - Throws: ``SupervisorError`` with ``SupervisorError/Code/alreadyRunning`` when called twice, or
     ///   ``SupervisorError/Code/startupFailed`` when the startup step threw (the workers were stopped first).
     public func run() async throws {
-        guard try self.beginRunning() else {
-            // Shut down before it ran: nothing to run.
-            await self.waitUntilStopped()
+        guard try self.begin() else {
+            // Shut down before it ran: nothing to run, but the loop still stops here.
             try? await self.loop.shutdown()
             return
         }
+        try await self.serve()
+    }
+
+    /// Starts running: static workers of the first phase start. False when the supervisor was shut down
+    /// before it ever ran.
+    @discardableResult
+    func begin() throws(SupervisorError) -> Bool {
+        switch self.machine.mode {
+        case .idle:
+            var actions: [SupervisorAction] = []
+            self.machine.run(self.readings(), &actions)
+            self.isServing = true
+            self.perform(actions)
+            if self.configuration.startupStep == nil { self.reachPhase(.recoveryFinished) }
+            return true
+        case .stopping where self.machine.phase == nil, .stopped where self.machine.phase == nil:
+            return false
+        case .running, .stopping, .stopped:
+            throw SupervisorError(.alreadyRunning, "run() was called on a supervisor that already ran")
+        }
+    }
+
+    /// What a child of the run group reports.
+    private enum ChildResult: Sendable {
+        /// The startup step returned, or threw.
+        case startupStep(Result<Void, any Error>)
+        /// Every worker was reaped.
+        case stopped
+    }
+
+    /// Serves until stopped, as one task group in the style of ServiceLifecycle's `ServiceGroup`: the startup
+    /// step and the wait for the end are its children; a failed step, a graceful shutdown or cancellation start
+    /// a fast shutdown; the group ends once every worker was reaped, then the loop stops.
+    func serve() async throws {
         let loop = self.loop
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
-                await self.waitUntilStopped()
+                await withTaskGroup(of: ChildResult.self) { group in
+                    if let step = self.configuration.startupStep {
+                        let progress = StartupProgress(supervisor: self)
+                        group.addTask {
+                            do {
+                                try await step(progress)
+                                await self.reachPhase(.recoveryFinished)
+                                return .startupStep(.success(()))
+                            } catch {
+                                return .startupStep(.failure(error))
+                            }
+                        }
+                    }
+                    group.addTask {
+                        await self.waitUntilStopped()
+                        return .stopped
+                    }
+                    while let result = await group.next() {
+                        switch result {
+                        case .startupStep(.success):
+                            continue
+                        case .startupStep(.failure(let error)):
+                            // A step cancelled by a shutdown is no failure of its own.
+                            guard self.machine.mode == .running else { continue }
+                            self.logger.error("startup step failed: \(error); shutting down")
+                            self.startupError = error
+                            self.shutdown(.fast)
+                        case .stopped:
+                            group.cancelAll()  // a startup step still running has nothing left to start
+                        }
+                    }
+                }
             } onCancel: {
                 loop.execute { self.assumeIsolated { $0.shutdown(.fast) } }
             }
@@ -33,69 +96,30 @@ extension WorkerSupervisor: Service {
         }
         try? await loop.shutdown()
         if let error = self.startupError {
-            throw SupervisorError(.startupFailed, "the startup step failed: \(error)")
+            throw SupervisorError(.startupFailed, "the startup step failed: \(error)", underlying: error)
         }
-    }
-
-    /// Starts running; false when the supervisor was shut down before it ever ran.
-    @discardableResult
-    func beginRunning() throws(SupervisorError) -> Bool {
-        switch self.runState {
-        case .idle:
-            break
-        case .stopping, .stopped:
-            if self.phase == nil { return false }
-            throw SupervisorError(.alreadyRunning, "run() was called on a supervisor that already ran")
-        case .running:
-            throw SupervisorError(.alreadyRunning, "run() was called on a supervisor that already ran")
-        }
-        self.runState = .running
-        self.reachPhase(.supervisorStart)
-        if let step = self.configuration.startupStep {
-            let progress = StartupProgress(supervisor: self)
-            self.startupTask = Task {
-                do {
-                    try await step(progress)
-                    self.reachPhase(.recoveryFinished)
-                } catch {
-                    self.startupStepFailed(error)
-                }
-            }
-        } else {
-            self.reachPhase(.recoveryFinished)
-        }
-        return true
-    }
-
-    private func startupStepFailed(_ error: any Error) {
-        guard case .running = self.runState else { return }  // a shutdown cancelled it
-        self.logger.error("startup step failed: \(error); shutting down")
-        self.startupError = error
-        self.shutdown(.fast)
     }
 
     /// Moves the start phase forward and starts the workers it admits, in registration order (PG-7, PG-8).
     func reachPhase(_ phase: BackgroundWorker.StartTime) {
-        guard case .running = self.runState else { return }
-        if let current = self.phase, current >= phase { return }
-        self.phase = phase
-        self.logger.debug("start phase reached: \(phase)")
-        for worker in self.slots.all.sorted(by: { $0.order < $1.order }) where self.canStart(worker) {
-            self.start(worker)
-        }
+        var actions: [SupervisorAction] = []
+        self.machine.reachPhase(phase, self.readings(), &actions)
+        if self.machine.phase == phase { self.logger.debug("start phase reached: \(phase)") }
+        self.perform(actions)
     }
 
+    /// Returns once the supervisor has stopped (every worker reaped).
     func waitUntilStopped() async {
-        if case .stopped = self.runState { return }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            self.runWaiters.append(continuation)
-        }
-    }
-
-    var isStopping: Bool {
-        switch self.runState {
-        case .stopping, .stopped: true
-        case .idle, .running: false
+        _ = try? await self.loop.wait { token, continuation in
+            self.assumeIsolated { supervisor in
+                if supervisor.machine.stoppedBy != nil {
+                    continuation.resume()
+                } else {
+                    supervisor.stopWaiters.add(token, continuation)
+                }
+            }
+        } cancel: { _ in
+            // Not cancellable: stopping is what ends the wait, and cancelling `run()` starts it.
         }
     }
 
@@ -106,63 +130,40 @@ extension WorkerSupervisor: Service {
     /// No new registrations are taken from now on, and nothing is restarted; workers that are not running are
     /// unregistered at once. ``run()`` returns once every worker was reaped.
     public func shutdown(_ mode: ShutdownMode = .fast) {
-        switch self.runState {
-        case .idle:
-            self.runState = .stopping(mode)
-        case .running:
-            self.runState = .stopping(mode)
-        case .stopping(let current):
-            guard mode.isStronger(than: current) else { return }
-            self.runState = .stopping(mode)
-        case .stopped:
-            return
-        }
+        guard !self.machine.mode.isStopping || self.machine.stoppedBy == nil else { return }
+        if case .stopping(let current) = self.machine.mode, !mode.isStronger(than: current) { return }
         self.logger.info("shutting down (\(mode))")
-        self.startupTask?.cancel()
-        for worker in self.slots.all {
-            guard let process = worker.process else {
-                if !worker.waitingForCrashReset || self.crashReset == nil { self.unregister(worker, .shutdown) }
-                continue
-            }
-            if mode == .fast {
-                if !worker.stopping { self.stop(worker, process, signal: .terminate, grace: worker.registration.stopGracePeriod) }
-            } else if mode == .immediate {
-                self.stop(worker, process, signal: .quit, grace: self.configuration.quitGracePeriod)
-            }
-        }
-        self.finishStoppingIfIdle()
+        var actions: [SupervisorAction] = []
+        self.machine.shutdown(mode, self.readings(), &actions)
+        self.perform(actions)
     }
 
-    /// Once shutting down and no worker process is left: stopped.
-    func finishStoppingIfIdle() {
-        guard case .stopping = self.runState else { return }
-        let all = self.slots.all
-        guard !all.contains(where: { $0.process != nil }) else { return }
-        for worker in all { self.unregister(worker, .shutdown) }
-        self.crashReset = nil
-        self.runState = .stopped
-        self.logger.info("stopped")
+    /// Every worker is reaped and unregistered: close what workers inherited, end the event sequences, wake
+    /// `run()`.
+    func finishStopping(_ mode: ShutdownMode) {
+        self.logger.info("stopped after a \(mode) shutdown")
+        self.closed = true
         self.alivePipe.close()
         self.sharedMemory?.close()
         self.sharedMemory = nil
+        self.clockDeadlines.sleeper?.cancel()
         for continuation in self.eventSubscribers.values { continuation.finish() }
         self.eventSubscribers.removeAll()
-        let waiters = self.runWaiters
-        self.runWaiters.removeAll()
-        for waiter in waiters { waiter.resume() }
-        if self.loopOwnedByRun == false {
+        self.stopWaiters.resumeAll(with: .success(()))
+        if !self.isServing {
             // Shut down without ever running: nobody else will stop the loop. Detached: a task that inherited
             // this actor's isolation would come back to its executor after the loop (and maybe the actor) is gone.
             let loop = self.loop
             Task.detached { try? await loop.shutdown() }
         }
     }
-
-    var loopOwnedByRun: Bool { self.phase != nil }
 }
 
 /// Runs `body` with a running supervisor and guarantees that, on every way out (return, throw,
 /// cancellation), every worker is stopped (fast shutdown) and reaped and the supervisor's loop is closed.
+///
+/// The supervisor's ``WorkerSupervisor/run()`` runs beside `body` in a task group; `body`'s registrations are
+/// dynamic.
 ///
 /// ```swift
 /// let pid = try await withWorkerSupervisor { supervisor in
@@ -170,27 +171,25 @@ extension WorkerSupervisor: Service {
 ///     return try await handle.waitForStartup()
 /// }
 /// ```
+/// - Throws: What `body` throws, or ``SupervisorError`` with ``SupervisorError/Code/startupFailed`` when the
+///   configuration's startup step failed.
 public func withWorkerSupervisor<Result>(
     configuration: WorkerSupervisor.Configuration = .init(),
     isolation: isolated (any Actor)? = #isolation,
     _ body: (WorkerSupervisor) async throws -> Result
 ) async throws -> Result {
     let supervisor = try WorkerSupervisor(configuration: configuration)
-    try await supervisor.beginRunning()
-    let runner = Task {
-        await supervisor.waitUntilStopped()
-        try? await supervisor.loop.shutdown()
+    try await supervisor.begin()
+    return try await withThrowingTaskGroup(of: Void.self, returning: Result.self, isolation: isolation) { group in
+        group.addTask { try await supervisor.serve() }
+        let result: Swift.Result<Result, any Error>
+        do {
+            result = .success(try await body(supervisor))
+        } catch {
+            result = .failure(error)
+        }
+        await supervisor.shutdown(.fast)
+        try await group.waitForAll()
+        return try result.get()
     }
-    let result: Swift.Result<Result, any Error>
-    do {
-        result = .success(try await body(supervisor))
-    } catch {
-        result = .failure(error)
-    }
-    await supervisor.shutdown(.fast)
-    await runner.value
-    if let error = await supervisor.startupError {
-        throw SupervisorError(.startupFailed, "the startup step failed: \(error)")
-    }
-    return try result.get()
 }

@@ -1,7 +1,7 @@
 @_exported import BackgroundWorkerContract
 import Logging
 import Metrics
-@_exported import UVConcurrency
+import UVConcurrency
 
 #if canImport(Glibc)
 import Glibc
@@ -10,9 +10,10 @@ import Glibc
 /// PostgreSQL's postmaster for background workers: registers workers, starts them as child processes, restarts
 /// them by the bgworker rules, notifies with SIGUSR1, and hands out handles to await.
 ///
-/// The actor's executor is a ``UVConcurrency/UVEventLoop`` of its own: every method runs on the loop thread,
-/// and process exits enter the actor synchronously from libuv's callback. It is the one owner of all worker
-/// state.
+/// The actor's executor is a `UVEventLoop` of its own: every method runs on the loop thread, and process exits
+/// enter the actor synchronously from libuv's callback. The rules themselves are a pure state machine that
+/// the actor feeds with what happens and whose actions it carries out: it owns the processes, timers and
+/// waiters, and decides nothing itself.
 ///
 /// ```swift
 /// try await withWorkerSupervisor { supervisor in
@@ -23,8 +24,8 @@ import Glibc
 ///
 /// Registrations made before ``run()`` are static (PostgreSQL's `RegisterBackgroundWorker`); those made while
 /// it runs are dynamic (`RegisterDynamicBackgroundWorker`). ``run()`` returns once shutdown finished and every
-/// child was reaped. Signals: see the package documentation; the supervisor watches none itself, but its
-/// process must leave SIGCHLD to it and SIGUSR1 to libuv.
+/// child was reaped. Signals: the supervisor keeps SIGUSR1 handled for the life of its process (so that it can
+/// be its own notify pid), and its process must leave SIGCHLD to libuv; see the package documentation.
 public actor WorkerSupervisor {
     /// The settings it was created with.
     public nonisolated let configuration: Configuration
@@ -33,23 +34,14 @@ public actor WorkerSupervisor {
 
     let logger: Logger
     let clock: SupervisorClock
-    let supervisorPID: Int32
     /// The supervisor's environment at creation, the base of every worker's.
     let baseEnvironment: [String: String]
-
-    enum RunState {
-        case idle
-        case running
-        case stopping(ShutdownMode)
-        case stopped
-    }
-
-    var runState = RunState.idle
-    /// The latest start phase reached; nil before `run()`.
-    var phase: BackgroundWorker.StartTime?
-    var slots: SlotTable<ManagedWorker>
-    /// Shared-memory workers still to exit before a crash reset completes; nil when no reset is under way.
-    var crashReset: CrashReset?
+    /// The rules: every worker's lifecycle and the supervisor's own. The only record of "is it running".
+    var machine: SupervisorStateMachine
+    /// What the actor holds for each live registration (processes, timers, waiters), by slot.
+    var resources: [WorkerResources?]
+    /// Deadlines on an injected clock (with the default clock they are libuv timers in `resources`).
+    var clockDeadlines: ClockDeadlines
     /// The supervisor-alive pipe: every worker gets the read end as descriptor 3; the write end stays here.
     let alivePipe: UVPipePair
     /// The shared-memory segment of this generation of shared state; replaced by every crash reset.
@@ -57,13 +49,13 @@ public actor WorkerSupervisor {
     var sharedMemoryGeneration = 0
     var eventSubscribers: [UInt64: AsyncStream<WorkerEvent>.Continuation] = [:]
     var nextSubscriber: UInt64 = 0
-    var runWaiters: [CheckedContinuation<Void, Never>] = []
-    var startupTask: Task<Void, Never>?
+    /// Tasks waiting in `waitUntilStopped()`.
+    var stopWaiters = UVWaiterList<Void>()
+    /// Whether `serve()` runs (it then stops the loop at the end); otherwise stopping does.
+    var isServing = false
     var startupError: (any Error)?
-    var registrations: UInt64 = 0
-    /// Per slot: the last `ERROR=` line of its latest unregistered generation.
-    var reportedErrors: [Int: (generation: UInt64, text: String)] = [:]
-    var runningCount = 0
+    /// Whether the alive pipe and the shared memory were closed.
+    var closed = false
 
     let metrics: SupervisorMetrics
 
@@ -74,8 +66,9 @@ public actor WorkerSupervisor {
 
     /// Creates a supervisor and its event loop. Nothing runs until ``run()``.
     /// - Throws: ``SupervisorError`` with ``SupervisorError/Code/loopFailed`` when the loop or the alive pipe
-    ///   cannot be created, or ``SupervisorError/Code/invalidRegistration`` for a slot count below 1.
-    public init(configuration: Configuration = Configuration()) throws {
+    ///   cannot be created, ``SupervisorError/Code/sharedMemoryFailed`` for the segment, or
+    ///   ``SupervisorError/Code/invalidRegistration`` for a slot count outside 1...262143.
+    public init(configuration: Configuration = Configuration()) throws(SupervisorError) {
         guard configuration.sharedMemorySize >= 0 else {
             throw SupervisorError(
                 .sharedMemoryFailed,
@@ -88,49 +81,55 @@ public actor WorkerSupervisor {
                 "maxWorkerProcesses \(configuration.maxWorkerProcesses) is outside 1...262143 (PostgreSQL's limit)"
             )
         }
-        self.configuration = configuration
+        // A notify pid may be this process: SIGUSR1 must never have its default action (terminate) here.
+        do {
+            try UVSignal.user1.keepHandledForProcessLifetime()
+        } catch {
+            throw SupervisorError(.loopFailed, "keeping SIGUSR1 handled in this process: \(error)", underlying: error)
+        }
         // First what can fail without leaving a thread behind.
         let sharedMemory =
             configuration.sharedMemorySize > 0
             ? try SharedMemorySegment(size: configuration.sharedMemorySize, generation: 0) : nil
-        self.sharedMemory = sharedMemory
         do {
             self.alivePipe = try UVPipePair()
         } catch {
             sharedMemory?.close()
-            throw SupervisorError(.loopFailed, "creating the supervisor-alive pipe: \(error)")
+            throw SupervisorError(.loopFailed, "creating the supervisor-alive pipe: \(error)", underlying: error)
         }
         do {
             self.loop = try UVEventLoop(name: configuration.loopName)
         } catch {
             sharedMemory?.close()
             self.alivePipe.close()
-            throw SupervisorError(.loopFailed, "creating the supervisor's event loop: \(error)")
+            throw SupervisorError(.loopFailed, "creating the supervisor's event loop: \(error)", underlying: error)
         }
+        self.sharedMemory = sharedMemory
+        self.configuration = configuration
         self.logger = configuration.logger
         self.clock = SupervisorClock(configuration.clock)
-        self.supervisorPID = getpid()
         self.baseEnvironment = Self.currentEnvironment()
-        self.slots = SlotTable(capacity: configuration.maxWorkerProcesses)
-
+        self.machine = SupervisorStateMachine(
+            settings: .init(
+                maxWorkerProcesses: configuration.maxWorkerProcesses,
+                keepStaticWorkersAcrossCrashReset: configuration.keepStaticWorkersAcrossCrashReset,
+                quitGracePeriod: configuration.quitGracePeriod,
+                supervisorPID: getpid()
+            )
+        )
+        self.resources = Array(repeating: nil, count: configuration.maxWorkerProcesses)
+        self.clockDeadlines = ClockDeadlines()
         self.metrics = SupervisorMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
     }
 
-    static func currentEnvironment() -> [String: String] {
-        var result: [String: String] = [:]
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                let key = String(text[..<equals])
-                // Variables of the worker contract are the supervisor's to set, never to inherit.
-                if !key.hasPrefix(WorkerProcessContract.environmentPrefix) {
-                    result[key] = String(text[text.index(after: equals)...])
-                }
-            }
-            pointer += 1
+    deinit {
+        // Dropped without a shutdown: nothing can reach its workers any more. The loop kills every live child
+        // when it stops; the alive pipe's write end closes, which ends workers that watch it.
+        if !self.closed {
+            self.alivePipe.close()
+            self.sharedMemory?.close()
         }
-        return result
+        self.loop.requestShutdown()
     }
 
     // MARK: - Registration
@@ -146,114 +145,69 @@ public actor WorkerSupervisor {
     ///   8 in use"), ``SupervisorError/Code/notifyPIDRefused``, or ``SupervisorError/Code/shuttingDown`` (the
     ///   notify pid, if any, gets SIGUSR1). Nothing changes when it throws.
     public func register(_ worker: BackgroundWorker) throws(SupervisorError) -> BackgroundWorkerHandle {
-        let isStatic: Bool
-        switch self.runState {
-        case .idle: isStatic = true
-        case .running: isStatic = false
-        case .stopping, .stopped:
-            // PG-17: the refusal wakes the notify pid, but only one that may be notified at all: a pid from
-            // the caller is never signalled unchecked.
-            if let pid = worker.notifyPID, self.isNotifiable(pid) { self.notify(pid) }
-            throw SupervisorError(
-                .shuttingDown,
-                "the supervisor is shutting down and takes no new registrations (worker '\(worker.name)')"
-            )
+        var actions: [SupervisorAction] = []
+        let result = self.machine.register(worker, self.readings(), &actions)
+        switch result {
+        case .success(let id):
+            let record = WorkerRecord()
+            let handle = BackgroundWorkerHandle(id: id, supervisor: self, record: record)
+            self.resources[id.slot] = WorkerResources(handle: handle, registration: worker)
+            self.metrics.slotsInUse.record(self.machine.slotsInUse)
+            self.perform(actions)
+            return handle
+        case .failure(let error):
+            if error.code == .noFreeSlot { self.metrics.registrationsRefused.increment() }
+            self.perform(actions)
+            throw error
         }
-        do {
-            try worker.validate(isStatic: isStatic)
-        } catch {
-            throw SupervisorError(.invalidRegistration, error.description, registrationError: error)
-        }
-        if let pid = worker.notifyPID, !self.isNotifiable(pid) {
-            throw SupervisorError(
-                .notifyPIDRefused,
-                "notifyPID \(pid) of worker '\(worker.name)' is neither this supervisor (pid \(self.supervisorPID)) nor one of its running workers"
-            )
-        }
-        let order = self.registrations
-        guard
-            let (slot, generation) = self.slots.insert({ slot, generation in
-                ManagedWorker(registration: worker, slot: slot, generation: generation, isStatic: isStatic, order: order)
-            })
-        else {
-            self.metrics.registrationsRefused.increment()
-            throw SupervisorError(
-                .noFreeSlot,
-                "no free worker slot: \(self.slots.used) of \(self.slots.capacity) in use; raise maxWorkerProcesses or wait for a worker to stop (worker '\(worker.name)')"
-            )
-        }
-        self.registrations += 1
-        let managed = self.slots.entry(slot: slot, generation: generation)!
-        self.metrics.slotsInUse.record(self.slots.used)
-        self.logger.debug("registered", metadata: managed.metadata)
-        self.emit(managed, .registered)
-        if self.canStart(managed) {
-            self.start(managed)
-        }
-        return self.handle(managed)
     }
 
-    func handle(_ worker: ManagedWorker) -> BackgroundWorkerHandle {
-        BackgroundWorkerHandle(slot: worker.slot, generation: worker.generation, supervisor: self)
-    }
-
-    func worker(_ handle: BackgroundWorkerHandle) -> ManagedWorker? {
+    /// The rules' view of a handle's worker: live, or the final state its handle kept; nil for a handle of
+    /// another supervisor.
+    func state(of handle: BackgroundWorkerHandle) -> WorkerStateMachine? {
         guard handle.supervisor === self else { return nil }
-        return self.slots.entry(slot: handle.slot, generation: handle.generation)
+        return self.machine.worker(handle.id) ?? handle.record.final
     }
 
-    /// Notify pids must be this process or a running worker of it (PostgreSQL: a live postmaster child).
-    func isNotifiable(_ pid: Int32) -> Bool {
-        pid == self.supervisorPID || self.slots.all.contains { $0.process?.pid == pid }
-    }
-
-    /// Sends the SIGUSR1 wake-up. Nothing else is in it: the receiver re-reads the status.
-    func notify(_ pid: Int32?) {
-        guard let pid else { return }
-        _ = kill(pid, SIGUSR1)
+    /// What the actor holds for a live registration.
+    func resources(_ id: WorkerID) -> WorkerResources? {
+        guard let resources = self.resources[id.slot], resources.handle.id == id else { return nil }
+        return resources
     }
 
     // MARK: - Status
 
     /// The PostgreSQL status of a handle's worker.
     public func status(of handle: BackgroundWorkerHandle) -> WorkerStatus {
-        if case .stopped = self.runState { return .supervisorDied }
-        guard let worker = self.worker(handle) else { return .stopped }
-        if let process = worker.process { return .started(pid: process.pid) }
-        return worker.hasEverStarted ? .stopped : .notYetStarted
+        guard let worker = self.state(of: handle) else { return .stopped }
+        return worker.status(supervisorStopped: self.machine.stoppedBy != nil)
     }
 
-    /// Everything known of a handle's worker.
+    /// Everything known of a handle's worker, for as long as the handle exists.
     public func detail(of handle: BackgroundWorkerHandle) -> WorkerStatusDetail {
-        guard let worker = self.worker(handle) else {
-            if case .stopped = self.runState, handle.supervisor === self {
-                let outcome = self.slots.outcome(slot: handle.slot, generation: handle.generation)
-                if case .unregistered(.replaced, _) = outcome { return .supervisorStopped }
-                return outcome
-            }
-            return self.slots.outcome(slot: handle.slot, generation: handle.generation)
+        guard let worker = self.state(of: handle) else {
+            return .unregistered(.terminated, lastExit: nil)  // not ours; never happens through a handle's own API
         }
         return worker.detail
     }
 
     /// The last `ERROR=` line a handle's worker wrote to its status descriptor (for example why a library
-    /// entry point could not be loaded), or nil; kept after the worker was unregistered, until its slot is
-    /// reused.
+    /// entry point could not be loaded), or nil; kept for as long as the handle exists.
     public func lastReportedError(of handle: BackgroundWorkerHandle) -> String? {
-        if let worker = self.worker(handle) { return worker.lastReportedError }
-        guard let kept = self.reportedErrors[handle.slot], kept.generation == handle.generation else { return nil }
-        return kept.text
+        self.state(of: handle)?.lastReportedError
     }
 
     /// The number of slots in use.
-    public var slotsInUse: Int { self.slots.used }
+    public var slotsInUse: Int { self.machine.slotsInUse }
+
+    // MARK: - Events
 
     /// The events of every worker from now on, until the supervisor stops. See ``WorkerEvents`` for buffering.
     public func events() -> WorkerEvents {
         let (stream, continuation) = AsyncStream<WorkerEvent>.makeStream(
             bufferingPolicy: .bufferingNewest(max(1, self.configuration.eventBufferSize))
         )
-        if case .stopped = self.runState {
+        if self.machine.stoppedBy != nil {
             continuation.finish()
             return WorkerEvents(stream: stream)
         }
@@ -268,35 +222,70 @@ public actor WorkerSupervisor {
         }
         return WorkerEvents(stream: stream)
     }
-
-    func emit(_ worker: ManagedWorker, _ kind: WorkerEvent.Kind) {
-        guard !self.eventSubscribers.isEmpty else { return }
-        let event = WorkerEvent(handle: self.handle(worker), name: worker.registration.name, kind: kind, time: .now)
-        for continuation in self.eventSubscribers.values {
-            continuation.yield(event)
-        }
-    }
 }
 
-/// The supervisor's clock: any `Clock<Duration>`, reduced to "time since creation" and "sleep".
+/// What the supervisor actor holds for one live registration: everything that is not a rule. Confined to the
+/// actor (its loop thread).
+final class WorkerResources {
+    let handle: BackgroundWorkerHandle
+    /// Log metadata, made once.
+    let metadata: Logger.Metadata
+    let name: String
+    var process: UVChildProcess?
+    var readiness: UVLineReader?
+    var restartTimer: UVTimer?
+    var killTimer: UVTimer?
+    var startupWaiters = UVWaiterList<Int32>()
+    var shutdownWaiters = UVWaiterList<WorkerStatus>()
+    var readyWaiters = UVWaiterList<Int32>()
+
+    init(handle: BackgroundWorkerHandle, registration: BackgroundWorker) {
+        self.handle = handle
+        self.name = registration.name
+        self.metadata = [
+            "worker.name": "\(registration.name)",
+            "worker.slot": "\(handle.slot)",
+            "worker.generation": "\(handle.generation)",
+        ]
+    }
+
+    var id: WorkerID { self.handle.id }
+}
+
+/// The final state of a registration, kept by its handles (not by the supervisor) once its slot is free, so
+/// that a handle answers for its own generation for as long as it exists.
+final class WorkerRecord: @unchecked Sendable {
+    // @unchecked Sendable: `final` is written and read only by the supervisor actor, on its loop thread.
+    var final: WorkerStateMachine?
+}
+
+/// The supervisor's clock: any `Clock<Duration>`, reduced to "time since creation" and "sleep until".
 struct SupervisorClock: Sendable {
     let now: @Sendable () -> Duration
-    let sleep: @Sendable (Duration) async throws -> Void
+    let sleep: @Sendable (_ until: Duration) async throws -> Void
+    /// Whether it is the real monotonic clock: then deadlines are the loop's own timers.
+    let isContinuous: Bool
 
     init(_ clock: any Clock<Duration>) {
         self = Self.make(clock)
     }
 
-    private init(now: @escaping @Sendable () -> Duration, sleep: @escaping @Sendable (Duration) async throws -> Void) {
+    private init(
+        now: @escaping @Sendable () -> Duration,
+        sleep: @escaping @Sendable (Duration) async throws -> Void,
+        isContinuous: Bool
+    ) {
         self.now = now
         self.sleep = sleep
+        self.isContinuous = isContinuous
     }
 
     private static func make<C: Clock<Duration>>(_ clock: C) -> SupervisorClock {
         let origin = clock.now
         return SupervisorClock(
             now: { origin.duration(to: clock.now) },
-            sleep: { duration in try await clock.sleep(until: clock.now.advanced(by: duration), tolerance: nil) }
+            sleep: { offset in try await clock.sleep(until: origin.advanced(by: offset), tolerance: nil) },
+            isContinuous: clock is ContinuousClock
         )
     }
 }
@@ -324,10 +313,5 @@ struct SupervisorMetrics: Sendable {
             exits[cause] = Counter(label: "bgworker_exits_total", dimensions: [("cause", cause)], factory: factory)
         }
         self.exits = exits
-    }
-
-    /// Counts an exit: `done` (code 0), `restart` (code 1), `crash` (anything else, or a signal).
-    func exit(cause: String) {
-        self.exits[cause]?.increment()
     }
 }

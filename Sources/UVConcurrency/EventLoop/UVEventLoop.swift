@@ -36,9 +36,10 @@ import Glibc
 /// Work enqueued after the loop stopped still runs, exactly once and in order, on a short-lived fallback
 /// thread that counts as the loop's thread (isolation checks pass, jobs stay serial), and every libuv
 /// operation from it fails with ``UVError/Code/loopStopped``. So a task that was waiting on an actor on the
-/// loop is never parked forever and nothing traps. For the same reason a loop object is never freed: after
-/// shutdown it keeps about a kilobyte and one eventfd until the process exits. Create loops for long-lived
-/// roles (one per supervisor), not per request.
+/// loop is never parked forever and nothing traps.
+///
+/// A loop's thread keeps the loop alive until it has stopped; after that, the loop (its memory and its
+/// wake-up eventfd) is freed with its last reference, like any object.
 public final class UVEventLoop: @unchecked Sendable {
     // @unchecked Sendable: `queue`, `lifecycle` and `joinState` are synchronised; everything else that is
     // `var` is touched only on the loop thread (or, after the loop stopped, never again by libuv code).
@@ -151,11 +152,17 @@ public final class UVEventLoop: @unchecked Sendable {
         uv_unref(cuv_check_as_handle(self.checkHandle))
 
         try self.startThread()
-        // A loop is never freed. Swift's runtime refers to executors unowned, and a task can still switch to an
-        // actor's executor after its last strong reference went away; a freed loop would then be used after free
-        // (seen as a rare crash in `startFallbackDrainer`). Alive, a stopped loop runs such late work on its
-        // fallback thread as documented. The cost: this object, the uv_loop_t and one eventfd per loop created.
-        _ = Unmanaged.passRetained(self)
+    }
+
+    deinit {
+        // The thread held a reference until it stopped: libuv is done with the loop and its handles. A thread that
+        // nobody joined (its loop stopped, but `shutdown()` was never awaited to the end) is detached.
+        self.thread.withLock { thread in
+            if let running = thread { pthread_detach(running) }
+            thread = nil
+        }
+        _ = cws_close(self.wakeFD)
+        Self.freeHandles(self.uvLoop, self.prepareHandle, self.checkHandle, self.wakeHandle)
     }
 
     private static func freeHandles(
@@ -220,6 +227,12 @@ public final class UVEventLoop: @unchecked Sendable {
 
     @inline(__always)
     func enqueue(_ work: LoopWork) {
+        // Once `work` is in the queue, another thread may run it at once, and running it may drop the last
+        // reference to this loop (a task that finishes releases its actor, and the actor its loop). The wake-up
+        // below still uses `self`: hold a reference of our own until it is done. The caller's reference is
+        // valid here, because `work` has not run yet.
+        let retained = Unmanaged.passRetained(self)
+        defer { retained.release() }
         let action = self.queue.withLock { queue -> EnqueueAction in
             queue.jobs.append(work)
             self.workHint.store(true, ordering: .relaxed)
@@ -240,7 +253,7 @@ public final class UVEventLoop: @unchecked Sendable {
         case .none:
             break
         case .wake:
-            // The descriptor is never closed (a loop is never freed), so it cannot be a recycled descriptor.
+            // The descriptor is closed only by deinit, which cannot run while this call holds its reference.
             // EAGAIN (counter saturated) still wakes the poller.
             _ = cws_eventfd_signal(self.wakeFD)
         case .startFallback:
@@ -337,6 +350,12 @@ public final class UVEventLoop: @unchecked Sendable {
         )
         guard status == 0 else {
             Unmanaged<UVEventLoop>.fromOpaque(context).release()
+            // No thread will run the loop: close its handles and the loop here, so that deinit may free them.
+            uv_close(cuv_prepare_as_handle(self.prepareHandle), nil)
+            uv_close(cuv_check_as_handle(self.checkHandle), nil)
+            uv_close(cuv_poll_as_handle(self.wakeHandle), nil)
+            uv_run(self.uvLoop, UV_RUN_NOWAIT)
+            _ = uv_loop_close(self.uvLoop)
             throw UVError(.loopInitFailed, errno: status, context: "starting the thread of loop '\(self.name)'")
         }
         self.thread.withLock { $0 = thread }
@@ -452,6 +471,13 @@ public final class UVEventLoop: @unchecked Sendable {
         precondition(!self.inEventLoop, "syncShutdown() on the thread of loop '\(self.name)' would wait for itself")
         self.initiateShutdown()
         try self.joinThread()
+    }
+
+    /// Starts stopping the loop, as ``shutdown()`` does, without waiting for it. For an owner that goes away
+    /// without awaiting the end (a `deinit`): the loop thread finishes by itself and is detached when the loop is
+    /// freed.
+    public func requestShutdown() {
+        self.initiateShutdown()
     }
 
     private func joinThread() throws(UVError) {

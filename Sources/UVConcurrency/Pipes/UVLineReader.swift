@@ -176,11 +176,7 @@ public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
         self.handle = nil
         self.onLine = nil
         self.loop.unregister(self)
-        uv_close(cuv_pipe_as_handle(handle)) { handle in
-            let pipe = UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_pipe_t.self)
-            Unmanaged<UVLineReader>.fromOpaque(pipe.pointee.data).release()
-            pipe.deallocate()
-        }
+        uvCloseReleasingOwner(handle)
         let onEnd = self.onEnd
         self.onEnd = nil
         if let reason { onEnd?(reason) }

@@ -168,19 +168,9 @@ public final class UVChildProcess: @unchecked Sendable {
         case .reaped:
             return
         case .libuv(let handle):
-            uv_close(cuv_process_as_handle(handle)) { handle in
-                let process = UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_process_t.self)
-                if let data = process.pointee.data {
-                    Unmanaged<UVChildProcess>.fromOpaque(data).release()
-                }
-                process.deallocate()
-            }
+            uvCloseReleasingOwner(handle)
         case .pidfd(let poll, let pidfd):
-            uv_close(cuv_poll_as_handle(poll)) { handle in
-                let poll = UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_poll_t.self)
-                Unmanaged<UVChildProcess>.fromOpaque(poll.pointee.data!).release()
-                poll.deallocate()
-            }
+            uvCloseReleasingOwner(poll)
             // uv_close stopped the watcher and removed the descriptor from epoll: it may be closed now.
             _ = cws_close(pidfd)
         }

@@ -50,9 +50,7 @@ extension UVEventLoop {
         guard status == 0 else {
             // A failed uv_spawn still registered the handle with the loop: close it, never free it directly.
             handle.pointee.data = nil
-            uv_close(cuv_process_as_handle(handle)) { handle in
-                UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_process_t.self).deallocate()
-            }
+            uvCloseReleasingOwner(handle)
             throw UVError(.spawnFailed, uvStatus: status, context: "spawning '\(options.executable)'")
         }
         let process = UVChildProcess(

@@ -73,11 +73,7 @@ public final class UVSignalWatcher: UVHandleOwner, @unchecked Sendable {
         guard let handle = self.handle else { return }
         self.handle = nil
         self.loop.unregister(self)
-        uv_close(cuv_signal_as_handle(handle)) { handle in
-            let signal = UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_signal_t.self)
-            Unmanaged<UVSignalWatcher>.fromOpaque(signal.pointee.data).release()
-            signal.deallocate()
-        }
+        uvCloseReleasingOwner(handle)
         let onClose = self.onClose
         self.onClose = nil
         onClose?()
@@ -139,5 +135,18 @@ enum SignalKeeper {
         guard status == 0 else {
             throw UVError(.signalFailed, uvStatus: status, context: "keeping a process-wide watcher of \(signal)")
         }
+    }
+}
+
+extension UVSignal {
+    /// Makes this process handle the signal for the rest of its life, so that its default action (SIGUSR1's
+    /// terminates the process) never applies again: libuv keeps one watcher of it that is never stopped, and
+    /// any loop's watchers and sequences of the signal still see every arrival. Calling it again does nothing.
+    ///
+    /// A process that may receive the signal before anything watches it calls this first: a supervisor that
+    /// can be its own notify pid does, at creation.
+    /// - Throws: ``UVError`` with ``UVError/Code/signalFailed`` when libuv refuses the signal number.
+    public func keepHandledForProcessLifetime() throws(UVError) {
+        try SignalKeeper.keepWatched(self)
     }
 }

@@ -77,11 +77,7 @@ public final class UVTimer: UVHandleOwner, @unchecked Sendable {
         guard let handle = self.handle else { return }
         self.handle = nil
         self.loop.unregister(self)
-        uv_close(cuv_timer_as_handle(handle)) { handle in
-            let timer = UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_timer_t.self)
-            Unmanaged<UVTimer>.fromOpaque(timer.pointee.data).release()
-            timer.deallocate()
-        }
+        uvCloseReleasingOwner(handle)
     }
 }
 

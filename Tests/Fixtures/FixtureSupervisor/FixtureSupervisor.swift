@@ -1,5 +1,6 @@
 import BackgroundWorkerRuntime
 import BackgroundWorkers
+import UVConcurrency
 
 #if canImport(Glibc)
 import Glibc
@@ -13,6 +14,8 @@ import Glibc
 ///        FixtureSupervisor emfile-storm N        (interval 0 while no descriptor is free: N spawn attempts)
 ///        FixtureSupervisor notify-self           (a worker whose notify pid is this process)
 ///        FixtureSupervisor lifetimes N EVERY     (N supervisors one after another, a worker each)
+///        FixtureSupervisor emfile-retry          (a transient spawn error is retried; a never-restart worker stops)
+///        FixtureSupervisor cycles N              (N register/exit cycles: descriptors, zombies, slots)
 @main
 struct FixtureSupervisor {
     static func main() async throws {
@@ -33,6 +36,10 @@ struct FixtureSupervisor {
             try await Self.emfileStorm(attempts: Int(arguments.dropFirst().first ?? "") ?? 5000)
         case "notify-self":
             try await Self.notifySelf()
+        case "emfile-retry":
+            try await Self.emfileRetry()
+        case "cycles":
+            try await Self.cycles(arguments.count > 1 ? Int(arguments[1]) ?? 1000 : 1000)
         case "lifetimes":
             let count = arguments.count > 1 ? Int(arguments[1]) ?? 100 : 100
             let every = arguments.count > 2 ? Int(arguments[2]) ?? 10 : 10
@@ -92,13 +99,12 @@ extension FixtureSupervisor {
             let events = await supervisor.events()
             var worker = BackgroundWorker(name: "storm", entryPoint: .executable("/bin/true"))
             worker.restartInterval = .seconds(0)
-            worker.reportsReadiness = true  // its readiness pipe is a descriptor too
+            worker.restartThrottle = nil  // PostgreSQL's rule exactly: retried at once, every time
+            worker.reportsReadiness = true  // its readiness pipe needs two descriptors; one is free
             var limit = rlimit()
             getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-            let lowestFree = dup(0)
-            close(lowestFree)
             var lowered = limit
-            lowered.rlim_cur = rlim_t(lowestFree)
+            lowered.rlim_cur = rlim_t(lowestFreeDescriptor() + 1)
             setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
             let handle = try await supervisor.register(worker)
             var failures = 0
@@ -109,6 +115,67 @@ extension FixtureSupervisor {
             setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
             emit("attempts \(failures)")
             await handle.terminate()
+        }
+    }
+
+    /// Registers two workers while no descriptor is free: the restartable one is retried after its interval and
+    /// starts once descriptors are free again; the never-restart one stops with the error (PG-10).
+    static func emfileRetry() async throws {
+        try await withWorkerSupervisor { supervisor in
+            var retried = BackgroundWorker(name: "retried", entryPoint: .executable("/bin/sh", arguments: ["-c", "echo READY=1 >&4; exec sleep 1000"]))
+            retried.reportsReadiness = true  // its readiness pipe needs two descriptors; one is free
+            retried.restartInterval = .seconds(1)
+            var once = retried
+            once.name = "once"
+            once.restartInterval = .never
+            var limit = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            var lowered = limit
+            lowered.rlim_cur = rlim_t(lowestFreeDescriptor() + 1)
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
+            let retriedHandle = try await supervisor.register(retried)
+            let onceHandle = try await supervisor.register(once)
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            emit("retried: \(await retriedHandle.status); \(await retriedHandle.detail)")
+            emit("once: \(await onceHandle.status); \(await onceHandle.detail)")
+            _ = try await retriedHandle.waitForReady()
+            emit("retried: ready")
+        }
+    }
+
+    /// Register/exit cycles, 16 at a time, with and without a readiness pipe: prints this process's open
+    /// descriptors before and after, the zombies among the workers, and the slots still in use.
+    static func cycles(_ count: Int) async throws {
+        try await withWorkerSupervisor(configuration: { var c = WorkerSupervisor.Configuration(); c.maxWorkerProcesses = 16; return c }()) { supervisor in
+            // A first cycle creates what libuv creates once per loop (the /dev/null it reserves for EMFILE).
+            var warmUp = BackgroundWorker(name: "warm-up", entryPoint: .executable("/bin/true"))
+            warmUp.reportsReadiness = true
+            _ = try await supervisor.register(warmUp).waitForShutdown()
+            let before = openDescriptors()
+            var pids: [Int32] = []
+            var done = 0
+            while done < count {
+                var handles: [BackgroundWorkerHandle] = []
+                for index in 0..<min(16, count - done) {
+                    var worker = BackgroundWorker(name: "cycle-\(done + index)", entryPoint: .executable("/bin/true"))
+                    worker.reportsReadiness = index % 2 == 0  // half of them with a readiness pipe
+                    handles.append(try await supervisor.register(worker))
+                }
+                for handle in handles {
+                    if let pid = try? await handle.waitForStartup() { pids.append(pid) }
+                    _ = try await handle.waitForShutdown()
+                    if case .unregistered(.completed, .exited(0)) = await handle.detail { done += 1 }
+                }
+            }
+            let zombies = pids.filter { pid in
+                guard let file = fopen("/proc/\(pid)/stat", "re") else { return false }
+                defer { fclose(file) }
+                var buffer = [CChar](repeating: 0, count: 512)
+                guard fgets(&buffer, 512, file) != nil else { return false }
+                let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                return line.split(separator: ")").last?.split(separator: " ").first == "Z"
+            }
+            emit("completed \(done) descriptors \(before) \(openDescriptors()) zombies \(zombies.count) slots \(await supervisor.slotsInUse)")
         }
     }
 
@@ -140,6 +207,15 @@ extension FixtureSupervisor {
             }
         }
     }
+}
+
+/// The lowest descriptor number not in use. A descriptor limit one above it leaves exactly one free: a pipe (two
+/// descriptors) then fails with EMFILE, while libdispatch can still open the one file it needs to watch its
+/// thread pool (it traps when that fails: a Swift process at its descriptor limit can die in Dispatch).
+func lowestFreeDescriptor() -> Int32 {
+    let free = dup(0)
+    close(free)
+    return free
 }
 
 /// This process's open descriptors, from /proc/self/fd (less the one reading it).

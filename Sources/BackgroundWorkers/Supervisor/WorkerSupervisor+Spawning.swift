@@ -1,0 +1,139 @@
+import BackgroundWorkerContract
+import Logging
+import UVConcurrency
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension WorkerSupervisor {
+    /// Spawns a worker's process, in a session and process group of its own, and says how it went.
+    func spawn(_ id: WorkerID) -> WorkerStateMachine.Input {
+        guard let resources = self.resources(id), let worker = self.machine.worker(id) else {
+            return .spawnFailed(UVError(.invalidArgument, context: "worker \(id) is not registered"))
+        }
+        let entry = worker.registration.entryPoint
+        let executable: (path: String, arguments: [String], environment: [String: String], workingDirectory: String?)
+        if let library = entry.library {
+            // bgworker-host loads the library and calls the function inside the worker runtime.
+            let directory = self.configuration.libraryDirectory ?? Self.executableDirectory
+            let path = library.path.contains("/") ? library.path : directory + "/" + library.path
+            let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
+            executable = (host, [path, library.function], [:], nil)
+        } else if let name = entry.builtinName {
+            // Re-execute this very binary; its main hands over to the built-in (BuiltinWorkers.runIfRequested).
+            executable = ("/proc/self/exe", [WorkerProcessContract.builtinMarker, name], [:], nil)
+        } else if let direct = entry.executable {
+            executable = direct
+        } else {
+            return .spawnFailed(UVError(.invalidArgument, context: "worker '\(resources.name)' has no entry point"))
+        }
+        let identity = WorkerProcessContract.Identity(
+            worker: worker.registration,
+            slot: id.slot,
+            generation: id.generation,
+            supervisorPID: self.machine.settings.supervisorPID,
+            reportsReadiness: worker.registration.reportsReadiness,
+            // Library and built-in entry points run in the worker runtime, which reports why it fails.
+            reportsStatus: entry.library != nil || entry.builtinName != nil,
+            sharedMemorySize: worker.usesSharedMemory ? self.sharedMemory?.size : nil
+        )
+        var environment = self.baseEnvironment
+        environment.merge(executable.environment) { _, new in new }
+        environment.merge(identity.environment) { _, new in new }
+        var options = UVSpawnOptions(
+            executable: executable.path,
+            arguments: executable.arguments,
+            environment: environment,
+            workingDirectory: executable.workingDirectory,
+            detached: true
+        )
+        options.strategy = self.configuration.spawnStrategy
+        options.argumentZero = worker.registration.name
+        options.descriptors[WorkerProcessContract.aliveDescriptor] = self.alivePipe.readEnd
+        if worker.usesSharedMemory, let segment = self.sharedMemory {
+            options.descriptors[WorkerProcessContract.sharedMemoryDescriptor] = segment.descriptor
+        }
+
+        var readiness: UVPipePair?
+        if identity.statusDescriptor != nil {
+            do {
+                let pipe = try UVPipePair()
+                readiness = pipe
+                options.descriptors[WorkerProcessContract.readinessDescriptor] = pipe.writeEnd
+            } catch {
+                return .spawnFailed(error)
+            }
+        }
+
+        let process: UVChildProcess
+        do {
+            process = try self.loop.spawn(options) { status in
+                // libuv's exit callback runs on the loop thread: enter the actor synchronously.
+                self.assumeIsolated { $0.processExited(id, status) }
+            }
+        } catch {
+            readiness?.close()
+            return .spawnFailed(error)
+        }
+        resources.process = process
+        if let readiness {
+            readiness.closeWriteEnd()
+            self.watchReadiness(resources, descriptor: readiness.readEnd)
+        }
+        return .spawned(pid: process.pid)
+    }
+
+    /// Reads the worker's status descriptor: `READY=1` and `ERROR=` lines.
+    private func watchReadiness(_ resources: WorkerResources, descriptor: Int32) {
+        let id = resources.id
+        do {
+            resources.readiness = try self.loop.readLines(
+                from: descriptor,
+                maxLineLength: WorkerProcessContract.maxReadinessLineLength,
+                onLine: { line in
+                    self.assumeIsolated { supervisor in
+                        if line == WorkerProcessContract.readyLine {
+                            supervisor.apply(id, .ready)
+                        } else if line.hasPrefix(WorkerProcessContract.errorLinePrefix) {
+                            let text = String(line.dropFirst(WorkerProcessContract.errorLinePrefix.count).prefix(1000))
+                            supervisor.apply(id, .reportedError(text))
+                        }
+                    }
+                },
+                onEnd: { _ in }
+            )
+        } catch {
+            _ = close(descriptor)
+            self.logger.warning("cannot read readiness: \(error)", metadata: resources.metadata)
+        }
+    }
+
+    /// The directory of this process's executable (`/proc/self/exe`), read once.
+    static let executableDirectory: String = {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else { return "." }
+        let path = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return String(path[..<slash])
+    }()
+
+    /// The supervisor's environment at creation, the base of every worker's; the contract's own variables are
+    /// the supervisor's to set, never to inherit.
+    static func currentEnvironment() -> [String: String] {
+        var result: [String: String] = [:]
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if let equals = text.firstIndex(of: "=") {
+                let key = String(text[..<equals])
+                if !key.hasPrefix(WorkerProcessContract.environmentPrefix) {
+                    result[key] = String(text[text.index(after: equals)...])
+                }
+            }
+            pointer += 1
+        }
+        return result
+    }
+}
