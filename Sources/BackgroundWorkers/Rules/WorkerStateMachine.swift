@@ -216,7 +216,8 @@ struct WorkerStateMachine: Equatable {
             actions.append(.emit(self.id, .ready(pid: running.pid)))
             actions.append(.resumeReady(self.id, .success(running.pid)))
 
-        case (_, .reportedError(let text)):
+        case (.running, .reportedError(let text)):
+            // Only a process writes to its status descriptor (its last lines are read before its exit counts).
             self.lastReportedError = text
             actions.append(.emit(self.id, .reportedError(text)))
 

@@ -13,8 +13,8 @@ extension WorkerSupervisor: Service {
     ///
     /// - Throws: ``SupervisorError`` with ``SupervisorError/Code/alreadyRunning`` when called twice, or
     ///   ``SupervisorError/Code/startupFailed`` when the startup step threw (the workers were stopped first).
-    public func run() async throws {
-        guard try self.begin() else {
+    public nonisolated func run() async throws {
+        guard try await self.begin() else {
             // Shut down before it ran: nothing to run, but the loop still stops here.
             try? await self.loop.shutdown()
             return
@@ -49,10 +49,20 @@ extension WorkerSupervisor: Service {
         case stopped
     }
 
-    /// Serves until stopped, as one task group in the style of ServiceLifecycle's `ServiceGroup`: the startup
-    /// step and the wait for the end are its children; a failed step, a graceful shutdown or cancellation start
-    /// a fast shutdown; the group ends once every worker was reaped, then the loop stops.
-    func serve() async throws {
+    /// Serves until stopped, then stops the loop. Not isolated: once the loop has stopped, nothing here
+    /// returns to the actor's executor.
+    nonisolated func serve() async throws {
+        let startupError = await self.serveUntilStopped()
+        try? await self.loop.shutdown()
+        if let startupError {
+            throw SupervisorError(.startupFailed, "the startup step failed: \(startupError)", underlying: startupError)
+        }
+    }
+
+    /// One task group in the style of ServiceLifecycle's `ServiceGroup`: the startup step and the wait for the
+    /// end are its children; a failed step, a graceful shutdown or cancellation start a fast shutdown; the
+    /// group ends once every worker was reaped. Returns the startup step's error, if it failed.
+    private func serveUntilStopped() async -> (any Error)? {
         let loop = self.loop
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
@@ -94,10 +104,7 @@ extension WorkerSupervisor: Service {
         } onGracefulShutdown: {
             loop.execute { self.assumeIsolated { $0.shutdown(.fast) } }
         }
-        try? await loop.shutdown()
-        if let error = self.startupError {
-            throw SupervisorError(.startupFailed, "the startup step failed: \(error)", underlying: error)
-        }
+        return self.startupError
     }
 
     /// Moves the start phase forward and starts the workers it admits, in registration order (PG-7, PG-8).
