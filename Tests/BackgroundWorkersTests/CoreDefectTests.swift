@@ -10,25 +10,25 @@ extension SupervisorTests {
     /// The crash-class defects of the first supervisor core (issue 9), each reproduced as a user would meet it.
     @Suite("Supervisor core defects (issue 9)")
     struct CoreDefectTests {
-        @Test("interval 0 and a transient spawn error retry through the loop's timers, not on one stack")
-        func noRecursionOnTransientSpawnErrors() async throws {
+        @Test("interval 0 and a transient spawn error retry through the loop's timers, not on one stack", arguments: spawnStrategies)
+        func noRecursionOnTransientSpawnErrors(strategy: UVSpawnStrategy) async throws {
             // 3,000 attempts while no descriptor is free; the first core died of SIGSEGV after about 1,700.
-            let (lines, status) = try await runFixture(["emfile-storm", "3000"])
+            let (lines, status) = try await runFixture(["emfile-storm", "3000"], strategy: strategy)
             #expect(status == .exited(0))
             #expect(lines.contains("attempts 3000"))
         }
 
-        @Test("a notify pid that is the supervising process wakes it and does not kill it")
-        func notifyingTheSupervisorsOwnProcess() async throws {
+        @Test("a notify pid that is the supervising process wakes it and does not kill it", arguments: spawnStrategies)
+        func notifyingTheSupervisorsOwnProcess(strategy: UVSpawnStrategy) async throws {
             // In a process of its own: nothing there watches SIGUSR1 but what the supervisor sets up.
-            let (lines, status) = try await runFixture(["notify-self"])
+            let (lines, status) = try await runFixture(["notify-self"], strategy: strategy)
             #expect(status == .exited(0))
             #expect(lines == ["started", "survived"])
         }
 
-        @Test("terminating a shared-memory worker that dies of the SIGTERM is no crash: its peers keep running")
-        func terminateIsNoCrash() async throws {
-            try await withSupervisor { supervisor in
+        @Test("terminating a shared-memory worker that dies of the SIGTERM is no crash: its peers keep running", arguments: spawnStrategies)
+        func terminateIsNoCrash(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 let log = await EventLog(supervisor)
                 var peer = shellWorker("peer", Script.readyThenSleep)
                 peer.flags = [.sharedMemoryAccess]
@@ -49,10 +49,10 @@ extension SupervisorTests {
             }
         }
 
-        @Test("a shared-memory worker killed after its grace period is no crash either")
-        func graceKillIsNoCrash() async throws {
+        @Test("a shared-memory worker killed after its grace period is no crash either", arguments: spawnStrategies)
+        func graceKillIsNoCrash(strategy: UVSpawnStrategy) async throws {
             let clock = ManualClock()
-            try await withSupervisor(clock: clock) { supervisor in
+            try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 let log = await EventLog(supervisor)
                 var peer = shellWorker("peer", Script.readyThenSleep)
                 peer.flags = [.sharedMemoryAccess]
@@ -75,9 +75,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("a handle answers for its own generation after its slot was reused", arguments: [20])
-        func staleHandlesKeepTheirOutcome(rounds: Int) async throws {
-            try await withSupervisor(slots: 8) { supervisor in
+        @Test("a handle answers for its own generation after its slot was reused", arguments: spawnStrategies, [20])
+        func staleHandlesKeepTheirOutcome(strategy: UVSpawnStrategy, rounds: Int) async throws {
+            try await withSupervisor(strategy: strategy, slots: 8) { supervisor in
                 for _ in 0..<rounds {
                     var handles: [BackgroundWorkerHandle] = []
                     for index in 0..<8 {
@@ -98,9 +98,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("after a deliberate fast shutdown the detail says how the supervisor ended, not that it died")
-        func detailAfterFastShutdown() async throws {
-            let supervisor = try WorkerSupervisor()
+        @Test("after a deliberate fast shutdown the detail says how the supervisor ended, not that it died", arguments: spawnStrategies)
+        func detailAfterFastShutdown(strategy: UVSpawnStrategy) async throws {
+            let supervisor = try WorkerSupervisor(configuration: .testing(strategy))
             let handle = try await supervisor.register(shellWorker("sleeper", Script.sleepForever))
             let runner = Task { try await supervisor.run() }
             _ = try await handle.waitForStartup()
@@ -118,9 +118,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("a stopped supervisor leaves no descriptor behind: 200 lifetimes in a row, descriptors flat")
-        func supervisorsFreeTheirLoops() async throws {
-            let (lines, status) = try await runFixture(["lifetimes", "200", "50"])
+        @Test("a stopped supervisor leaves no descriptor behind: 200 lifetimes in a row, descriptors flat", arguments: spawnStrategies)
+        func supervisorsFreeTheirLoops(strategy: UVSpawnStrategy) async throws {
+            let (lines, status) = try await runFixture(["lifetimes", "200", "50"], strategy: strategy)
             #expect(status == .exited(0))
             let figures = lines.compactMap { line -> (descriptors: Int, rss: Int)? in
                 let fields = line.split(separator: " ")
@@ -133,10 +133,10 @@ extension SupervisorTests {
             #expect(figures[3].rss - figures[0].rss < 4096, "resident memory grew: \(lines)")
         }
 
-        @Test("interval 0 under default settings restarts after a delay that starts at 100 ms and grows")
-        func restartStormsAreThrottledByDefault() async throws {
+        @Test("interval 0 under default settings restarts after a delay that starts at 100 ms and grows", arguments: spawnStrategies)
+        func restartStormsAreThrottledByDefault(strategy: UVSpawnStrategy) async throws {
             let clock = ManualClock()
-            try await withSupervisor(clock: clock) { supervisor in
+            try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 var worker = BackgroundWorker(name: "false", entryPoint: .executable("/bin/false"))
                 worker.restartInterval = .seconds(0)
                 let handle = try await supervisor.register(worker)

@@ -11,11 +11,11 @@ import Glibc
 extension SupervisorTests {
     @Suite("Notification and waiting (PG-SEMANTICS 17–21)")
     struct NotifyTests {
-        @Test("PG-17: the notify pid is woken at start, at every exit, and at unregistration")
-        func notifiedOnStartExitAndUnregistration() async throws {
+        @Test("PG-17: the notify pid is woken at start, at every exit, and at unregistration", arguments: spawnStrategies)
+        func notifiedOnStartExitAndUnregistration(strategy: UVSpawnStrategy) async throws {
             let wakeUps = try await WakeUps()
             let clock = ManualClock()
-            try await withSupervisor(clock: clock) { supervisor in
+            try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 var worker = shellWorker("notify-me", Script.exitOneOnTerm)
                 worker.notifyPID = getpid()
                 worker.restartInterval = .seconds(1)
@@ -33,10 +33,10 @@ extension SupervisorTests {
             try await wakeUps.close()
         }
 
-        @Test("PG-17: a registration refused at shutdown wakes its notify pid")
-        func notifiedOnRefusalAtShutdown() async throws {
+        @Test("PG-17: a registration refused at shutdown wakes its notify pid", arguments: spawnStrategies)
+        func notifiedOnRefusalAtShutdown(strategy: UVSpawnStrategy) async throws {
             let wakeUps = try await WakeUps()
-            try await withSupervisor { supervisor in
+            try await withSupervisor(strategy: strategy) { supervisor in
                 await supervisor.shutdown(.smart)
                 var worker = shellWorker("refused", Script.sleepForever)
                 worker.notifyPID = getpid()
@@ -46,12 +46,12 @@ extension SupervisorTests {
             try await wakeUps.close()
         }
 
-        @Test("PG-17, PG-18: a registration refused at shutdown never signals a notify pid that is not notifiable")
-        func refusalDoesNotSignalStrangers() async throws {
+        @Test("PG-17, PG-18: a registration refused at shutdown never signals a notify pid that is not notifiable", arguments: spawnStrategies)
+        func refusalDoesNotSignalStrangers(strategy: UVSpawnStrategy) async throws {
             // A child of this process that is not a worker, with SIGUSR1's default action (terminate).
             let loop = try UVEventLoop(name: "stranger")
             let stranger = try await loop.spawnProcess(UVSpawnOptions(executable: "/bin/sleep", arguments: ["1000"]))
-            try await withSupervisor { supervisor in
+            try await withSupervisor(strategy: strategy) { supervisor in
                 await supervisor.shutdown(.smart)
                 var worker = shellWorker("refused", Script.sleepForever)
                 worker.notifyPID = stranger.pid
@@ -63,10 +63,10 @@ extension SupervisorTests {
             try await loop.shutdown()
         }
 
-        @Test("PG-18: notify pids must be the supervisor or one of its live workers")
-        func notifyPIDValidation() async throws {
+        @Test("PG-18: notify pids must be the supervisor or one of its live workers", arguments: spawnStrategies)
+        func notifyPIDValidation(strategy: UVSpawnStrategy) async throws {
             let wakeUps = try await WakeUps()
-            try await withSupervisor { supervisor in
+            try await withSupervisor(strategy: strategy) { supervisor in
                 var worker = shellWorker("target", Script.readyThenSleep)
                 worker.reportsReadiness = true
                 let target = try await supervisor.register(worker)
@@ -89,9 +89,9 @@ extension SupervisorTests {
             try await wakeUps.close()
         }
 
-        @Test("PG-19: when a notifiable worker exits, notify pids pointing at it are cleared and its dependants keep running")
-        func notifyPIDClearedWhenTargetExits() async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-19: when a notifiable worker exits, notify pids pointing at it are cleared and its dependants keep running", arguments: spawnStrategies)
+        func notifyPIDClearedWhenTargetExits(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 var worker = shellWorker("target", Script.readyThenSleep)
                 worker.reportsReadiness = true
                 let target = try await supervisor.register(worker)
@@ -111,11 +111,11 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-20: the four statuses, and a detail that tells 'will restart' from 'gone'")
-        func fourStatuses() async throws {
+        @Test("PG-20: the four statuses, and a detail that tells 'will restart' from 'gone'", arguments: spawnStrategies)
+        func fourStatuses(strategy: UVSpawnStrategy) async throws {
             let clock = ManualClock()
             let supervisor = try WorkerSupervisor(configuration: {
-                var configuration = WorkerSupervisor.Configuration()
+                var configuration = WorkerSupervisor.Configuration.testing(strategy)
                 configuration.clock = clock
                 return configuration
             }())
@@ -136,9 +136,9 @@ extension SupervisorTests {
             #expect(await handle.detail == .unregistered(.shutdown(.fast), lastExit: .exited(1)))
         }
 
-        @Test("PG-21: waits resolve: startup at the first status change, shutdown at the first exit, supervisor gone")
-        func waitsResolve() async throws {
-            let supervisor = try WorkerSupervisor()
+        @Test("PG-21: waits resolve: startup at the first status change, shutdown at the first exit, supervisor gone", arguments: spawnStrategies)
+        func waitsResolve(strategy: UVSpawnStrategy) async throws {
+            let supervisor = try WorkerSupervisor(configuration: .testing(strategy))
             let sleeper = try await supervisor.register(shellWorker("sleeper", Script.sleepForever))
             let runner = Task { try await supervisor.run() }
             let startup = Task { try await sleeper.waitForStartup() }
@@ -152,9 +152,9 @@ extension SupervisorTests {
             await #expect(throws: SupervisorError.self) { _ = try await sleeper.waitForStartup() }
         }
 
-        @Test("PG-21: cancelled waits resume once with CancellationError and leave nothing behind", arguments: [200])
-        func cancelledWaits(iterations: Int) async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-21: cancelled waits resume once with CancellationError and leave nothing behind", arguments: spawnStrategies, [200])
+        func cancelledWaits(strategy: UVSpawnStrategy, iterations: Int) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 let handle = try await supervisor.register({
                     var worker = shellWorker("never-ready", "exec sleep 1000")
                     worker.reportsReadiness = true
@@ -187,9 +187,9 @@ extension SupervisorTests {
 
     @Suite("Terminate and shutdown (PG-SEMANTICS 22–24)")
     struct ShutdownTests {
-        @Test("PG-22: terminate sends SIGTERM to the process group and never restarts, whatever the exit code")
-        func terminateNeverRestarts() async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-22: terminate sends SIGTERM to the process group and never restarts, whatever the exit code", arguments: spawnStrategies)
+        func terminateNeverRestarts(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 var worker = shellWorker("terminated", Script.exitOneOnTerm)
                 worker.restartInterval = .seconds(0)
                 worker.reportsReadiness = true
@@ -202,9 +202,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-22: an outside SIGTERM that makes the worker exit 1 restarts it")
-        func outsideSigtermRestarts() async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-22: an outside SIGTERM that makes the worker exit 1 restarts it", arguments: spawnStrategies)
+        func outsideSigtermRestarts(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 let log = await EventLog(supervisor)
                 var worker = shellWorker("outside", Script.exitOneOnTerm)
                 worker.restartInterval = .seconds(0)
@@ -217,11 +217,11 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-22 (beyond): a worker that ignores SIGTERM is killed after its grace period, grandchildren too")
-        func terminateKillsAfterGrace() async throws {
+        @Test("PG-22 (beyond): a worker that ignores SIGTERM is killed after its grace period, grandchildren too", arguments: spawnStrategies)
+        func terminateKillsAfterGrace(strategy: UVSpawnStrategy) async throws {
             let clock = ManualClock()
             let probe = try GroupProbe()
-            try await withSupervisor(clock: clock) { supervisor in
+            try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 var worker = shellWorker("stubborn", probe.prefix + Script.ignoreTerm)
                 worker.stopGracePeriod = .seconds(10)
                 worker.reportsReadiness = true
@@ -239,9 +239,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-23: smart shutdown refuses registrations, restarts nothing, and waits for workers to exit")
-        func smartShutdown() async throws {
-            let supervisor = try WorkerSupervisor()
+        @Test("PG-23: smart shutdown refuses registrations, restarts nothing, and waits for workers to exit", arguments: spawnStrategies)
+        func smartShutdown(strategy: UVSpawnStrategy) async throws {
+            let supervisor = try WorkerSupervisor(configuration: .testing(strategy))
             var worker = shellWorker("smart", Script.exitOneOnTerm)
             worker.restartInterval = .seconds(0)
             worker.reportsReadiness = true
@@ -256,11 +256,11 @@ extension SupervisorTests {
             #expect(await handle.detail == .unregistered(.shutdown(.smart), lastExit: .exited(1)))
         }
 
-        @Test("PG-23, PG-24: fast shutdown: SIGTERM, then SIGKILL after the grace period; a stuck worker cannot hang it")
-        func fastShutdownNeverHangs() async throws {
+        @Test("PG-23, PG-24: fast shutdown: SIGTERM, then SIGKILL after the grace period; a stuck worker cannot hang it", arguments: spawnStrategies)
+        func fastShutdownNeverHangs(strategy: UVSpawnStrategy) async throws {
             let clock = ManualClock()
             let probe = try GroupProbe()
-            var configuration = WorkerSupervisor.Configuration()
+            var configuration = WorkerSupervisor.Configuration.testing(strategy)
             configuration.clock = clock
             let supervisor = try WorkerSupervisor(configuration: configuration)
             var stubborn = shellWorker("stubborn", probe.prefix + Script.ignoreTerm)
@@ -284,9 +284,9 @@ extension SupervisorTests {
             #expect(try await probe.awaitAllGone() == .endOfFile)
         }
 
-        @Test("PG-23: immediate shutdown sends SIGQUIT")
-        func immediateShutdown() async throws {
-            let supervisor = try WorkerSupervisor()
+        @Test("PG-23: immediate shutdown sends SIGQUIT", arguments: spawnStrategies)
+        func immediateShutdown(strategy: UVSpawnStrategy) async throws {
+            let supervisor = try WorkerSupervisor(configuration: .testing(strategy))
             let log = await EventLog(supervisor)
             var worker = shellWorker("quit", Script.readyThenSleep)
             worker.reportsReadiness = true

@@ -10,9 +10,9 @@ import Glibc
 extension SupervisorTests {
     @Suite("Registration and slots (PG-SEMANTICS 2–6)")
     struct RegistrationTests {
-        @Test("PG-2: static registration before run() validates and throws at once, changing nothing")
-        func staticRegistrationValidates() async throws {
-            let supervisor = try WorkerSupervisor()
+        @Test("PG-2: static registration before run() validates and throws at once, changing nothing", arguments: spawnStrategies)
+        func staticRegistrationValidates(strategy: UVSpawnStrategy) async throws {
+            let supervisor = try WorkerSupervisor(configuration: .testing(strategy))
             var bad = shellWorker(String(repeating: "x", count: 64), Script.sleepForever)
             let tooLong = await refusal(supervisor, bad)
             #expect(tooLong?.code == .invalidRegistration)
@@ -29,9 +29,9 @@ extension SupervisorTests {
             #expect(await good.status == .supervisorDied)
         }
 
-        @Test("PG-2, PG-7: static workers start when run() starts")
-        func staticWorkersStartWithRun() async throws {
-            let supervisor = try WorkerSupervisor()
+        @Test("PG-2, PG-7: static workers start when run() starts", arguments: spawnStrategies)
+        func staticWorkersStartWithRun(strategy: UVSpawnStrategy) async throws {
+            let supervisor = try WorkerSupervisor(configuration: .testing(strategy))
             let handle = try await supervisor.register(shellWorker("static-runner", Script.sleepForever))
             let runner = Task { try await supervisor.run() }
             let pid = try await handle.waitForStartup()
@@ -42,9 +42,9 @@ extension SupervisorTests {
             #expect(!processExists(pid) || zombieChildren(among: [pid]).isEmpty)
         }
 
-        @Test("PG-3: no free slot is a typed error naming used and limit, and changes nothing")
-        func noFreeSlot() async throws {
-            try await withSupervisor(slots: 2) { supervisor in
+        @Test("PG-3: no free slot is a typed error naming used and limit, and changes nothing", arguments: spawnStrategies)
+        func noFreeSlot(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy, slots: 2) { supervisor in
                 _ = try await supervisor.register(shellWorker("a", Script.sleepForever))
                 _ = try await supervisor.register(shellWorker("b", Script.sleepForever))
                 let error = await refusal(supervisor, shellWorker("c", Script.sleepForever))
@@ -54,9 +54,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-4: an invalid dynamic registration is refused with the field named, and changes nothing")
-        func invalidDynamicRegistration() async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-4: an invalid dynamic registration is refused with the field named, and changes nothing", arguments: spawnStrategies)
+        func invalidDynamicRegistration(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 var worker = shellWorker("db", Script.sleepForever)
                 worker.flags = [.databaseConnection]
                 worker.startTime = .consistentState
@@ -71,9 +71,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-5: a dynamic registration takes the lowest free slot")
-        func lowestFreeSlot() async throws {
-            try await withSupervisor(slots: 4) { supervisor in
+        @Test("PG-5: a dynamic registration takes the lowest free slot", arguments: spawnStrategies)
+        func lowestFreeSlot(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy, slots: 4) { supervisor in
                 let a = try await supervisor.register(shellWorker("a", Script.sleepForever))
                 let b = try await supervisor.register(shellWorker("b", Script.sleepForever))
                 let c = try await supervisor.register(shellWorker("c", Script.sleepForever))
@@ -86,9 +86,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-6: a stale handle reports stopped with its own outcome, and its terminate does nothing (ABA-safe)")
-        func staleHandle() async throws {
-            try await withSupervisor(slots: 1) { supervisor in
+        @Test("PG-6: a stale handle reports stopped with its own outcome, and its terminate does nothing (ABA-safe)", arguments: spawnStrategies)
+        func staleHandle(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy, slots: 1) { supervisor in
                 let old = try await supervisor.register(shellWorker("old", Script.exit(0)))
                 #expect(try await old.waitForShutdown() == .stopped)
                 #expect(await old.detail == .unregistered(.completed, lastExit: .exited(0)))

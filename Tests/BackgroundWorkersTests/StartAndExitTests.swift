@@ -10,10 +10,10 @@ import Glibc
 extension SupervisorTests {
     @Suite("Start (PG-SEMANTICS 7–10)")
     struct StartTests {
-        @Test("PG-7: workers start when the startup step reaches their phase, and nothing starts after shutdown began")
-        func startPhases() async throws {
+        @Test("PG-7: workers start when the startup step reaches their phase, and nothing starts after shutdown began", arguments: spawnStrategies)
+        func startPhases(strategy: UVSpawnStrategy) async throws {
             let gate = Gate()
-            var configuration = WorkerSupervisor.Configuration()
+            var configuration = WorkerSupervisor.Configuration.testing(strategy)
             configuration.startupStep = { progress in
                 await gate.wait("consistent")
                 await progress.reportConsistent()
@@ -44,9 +44,9 @@ extension SupervisorTests {
             try await runner.value
         }
 
-        @Test("PG-7: a worker registered while shutting down is refused and never started")
-        func nothingStartsAfterShutdown() async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-7: a worker registered while shutting down is refused and never started", arguments: spawnStrategies)
+        func nothingStartsAfterShutdown(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 _ = try await supervisor.register(shellWorker("keeps-running", Script.ignoreTerm))
                 await supervisor.shutdown(.smart)
                 let error = await refusal(supervisor, shellWorker("too-late", Script.sleepForever))
@@ -55,9 +55,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-8: workers start in registration order")
-        func registrationOrder() async throws {
-            let supervisor = try WorkerSupervisor()
+        @Test("PG-8: workers start in registration order", arguments: spawnStrategies)
+        func registrationOrder(strategy: UVSpawnStrategy) async throws {
+            let supervisor = try WorkerSupervisor(configuration: .testing(strategy))
             let log = await EventLog(supervisor)
             var handles: [BackgroundWorkerHandle] = []
             for name in ["first", "second", "third", "fourth"] {
@@ -74,10 +74,10 @@ extension SupervisorTests {
             #expect(started == ["first", "second", "third", "fourth"])
         }
 
-        @Test("PG-9: started means a pid exists, and the notify pid is woken at once; ready is separate")
-        func startedAndNotified() async throws {
+        @Test("PG-9: started means a pid exists, and the notify pid is woken at once; ready is separate", arguments: spawnStrategies)
+        func startedAndNotified(strategy: UVSpawnStrategy) async throws {
             let wakeUps = try await WakeUps()
-            try await withSupervisor { supervisor in
+            try await withSupervisor(strategy: strategy) { supervisor in
                 var worker = shellWorker("notified", "read line <&0; exec sleep 1000")  // never ready
                 worker.notifyPID = getpid()
                 worker.reportsReadiness = true
@@ -90,9 +90,9 @@ extension SupervisorTests {
             try await wakeUps.close()
         }
 
-        @Test("PG-10: a permanent spawn error stops the worker with the error in its status, no retry")
-        func permanentSpawnError() async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-10: a permanent spawn error stops the worker with the error in its status, no retry", arguments: spawnStrategies)
+        func permanentSpawnError(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 var worker = BackgroundWorker(name: "missing", entryPoint: .executable("/no/such/worker"))
                 worker.restartInterval = .seconds(0)
                 let handle = try await supervisor.register(worker)
@@ -115,10 +115,10 @@ extension SupervisorTests {
 
     @Suite("Transient spawn errors (PG-SEMANTICS 10)")
     struct TransientSpawnErrorTests {
-        @Test("PG-10: a transient spawn error (EMFILE) is retried after the interval; a never-restart worker stops")
-        func transientSpawnError() async throws {
+        @Test("PG-10: a transient spawn error (EMFILE) is retried after the interval; a never-restart worker stops", arguments: spawnStrategies)
+        func transientSpawnError(strategy: UVSpawnStrategy) async throws {
             // In a process of its own: it lowers the descriptor limit, which every test in this one would feel.
-            let (lines, status) = try await runFixture(["emfile-retry"])
+            let (lines, status) = try await runFixture(["emfile-retry"], strategy: strategy)
             #expect(status == .exited(0))
             #expect(lines == [
                 "retried: not yet started; restarting 1.0 seconds after pipeFailed: creating a pipe: EMFILE (too many open files)",
@@ -130,9 +130,9 @@ extension SupervisorTests {
 
     @Suite("Exit and restart (PG-SEMANTICS 11–16)")
     struct ExitTests {
-        @Test("PG-11: exit 0 unregisters and frees the slot, whatever the interval")
-        func exitZeroUnregisters() async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-11: exit 0 unregisters and frees the slot, whatever the interval", arguments: spawnStrategies)
+        func exitZeroUnregisters(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 var worker = shellWorker("done", Script.exit(0))
                 worker.restartInterval = .seconds(0)
                 let handle = try await supervisor.register(worker)
@@ -142,10 +142,10 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-12: exit 1 restarts after the interval counted from the reap; never-restart unregisters")
-        func exitOneRestartsFromReap() async throws {
+        @Test("PG-12: exit 1 restarts after the interval counted from the reap; never-restart unregisters", arguments: spawnStrategies)
+        func exitOneRestartsFromReap(strategy: UVSpawnStrategy) async throws {
             let clock = ManualClock()
-            try await withSupervisor(clock: clock) { supervisor in
+            try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 let log = await EventLog(supervisor)
                 // Exits 1 when told: a SIGTERM from outside (not through the handle) makes this script exit 1.
                 var worker = shellWorker("restarter", Script.exitOneOnTerm)
@@ -181,9 +181,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-13: a crash of a shared-memory worker resets every shared-memory worker; others are isolated")
-        func crashResetsSharedMemoryWorkers() async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-13: a crash of a shared-memory worker resets every shared-memory worker; others are isolated", arguments: spawnStrategies)
+        func crashResetsSharedMemoryWorkers(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 let log = await EventLog(supervisor)
                 var peer = shellWorker("peer", Script.readyThenSleep)
                 peer.flags = [.sharedMemoryAccess]
@@ -212,10 +212,10 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-13: a crash of a worker without shared memory only restarts itself")
-        func crashIsolation() async throws {
+        @Test("PG-13: a crash of a worker without shared memory only restarts itself", arguments: spawnStrategies)
+        func crashIsolation(strategy: UVSpawnStrategy) async throws {
             let clock = ManualClock()
-            try await withSupervisor(clock: clock) { supervisor in
+            try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 var peer = shellWorker("shm-peer", Script.readyThenSleep)
                 peer.flags = [.sharedMemoryAccess]
                 peer.reportsReadiness = true
@@ -234,9 +234,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-14: after a crash reset, never-restart workers are forgotten, restartable ones return at once")
-        func crashResetForgetsNeverRestart() async throws {
-            try await withSupervisor { supervisor in
+        @Test("PG-14: after a crash reset, never-restart workers are forgotten, restartable ones return at once", arguments: spawnStrategies)
+        func crashResetForgetsNeverRestart(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
                 let log = await EventLog(supervisor)
                 var restartable = shellWorker("restartable", Script.readyThenSleep)
                 restartable.flags = [.sharedMemoryAccess]
@@ -262,9 +262,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-14 (opt-in): keepStaticWorkersAcrossCrashReset keeps never-restart static workers")
-        func keepStaticAcrossReset() async throws {
-            var configuration = WorkerSupervisor.Configuration()
+        @Test("PG-14 (opt-in): keepStaticWorkersAcrossCrashReset keeps never-restart static workers", arguments: spawnStrategies)
+        func keepStaticAcrossReset(strategy: UVSpawnStrategy) async throws {
+            var configuration = WorkerSupervisor.Configuration.testing(strategy)
             configuration.keepStaticWorkersAcrossCrashReset = true
             let supervisor = try WorkerSupervisor(configuration: configuration)
             var kept = shellWorker("kept", Script.readyThenSleep)
@@ -283,9 +283,9 @@ extension SupervisorTests {
             try await runner.value
         }
 
-        @Test("PG-15: the slot is freed before the exit notification, so a waiter can register again at once")
-        func slotFreedBeforeNotification() async throws {
-            try await withSupervisor(slots: 1) { supervisor in
+        @Test("PG-15: the slot is freed before the exit notification, so a waiter can register again at once", arguments: spawnStrategies)
+        func slotFreedBeforeNotification(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy, slots: 1) { supervisor in
                 let first = try await supervisor.register(shellWorker("first", Script.exit(0)))
                 #expect(try await first.waitForShutdown() == .stopped)
                 let second = try await supervisor.register(shellWorker("second", Script.exit(0)))
@@ -294,10 +294,10 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-16 (beyond): exponential backoff with a cap, reset after stable uptime")
-        func backoff() async throws {
+        @Test("PG-16 (beyond): exponential backoff with a cap, reset after stable uptime", arguments: spawnStrategies)
+        func backoff(strategy: UVSpawnStrategy) async throws {
             let clock = ManualClock()
-            try await withSupervisor(clock: clock) { supervisor in
+            try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 var worker = shellWorker("flaky", Script.exit(1))
                 worker.restartInterval = .seconds(1)
                 worker.restartBackoff = .init(multiplier: 2, maximum: .seconds(5), jitter: 0, resetAfter: .seconds(60))
@@ -318,10 +318,10 @@ extension SupervisorTests {
             }
         }
 
-        @Test("PG-16 (beyond): a spent restart budget is a visible gave-up state that the handle can clear")
-        func restartBudget() async throws {
+        @Test("PG-16 (beyond): a spent restart budget is a visible gave-up state that the handle can clear", arguments: spawnStrategies)
+        func restartBudget(strategy: UVSpawnStrategy) async throws {
             let clock = ManualClock()
-            try await withSupervisor(clock: clock) { supervisor in
+            try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 var worker = shellWorker("budgeted", Script.exit(1))
                 worker.restartInterval = .seconds(0)
                 worker.restartThrottle = nil  // PostgreSQL's restarts at once; only the budget stops them

@@ -36,14 +36,27 @@ enum Script {
     static func exit(_ code: Int) -> String { "exit \(code)" }
 }
 
+/// The two ways a supervisor starts workers: the semantic (PG-numbered) tests run under both.
+let spawnStrategies: [UVSpawnStrategy] = [.libuv, .posixSpawn]
+
+extension WorkerSupervisor.Configuration {
+    /// The defaults, spawning with `strategy`.
+    static func testing(_ strategy: UVSpawnStrategy) -> Self {
+        var configuration = Self()
+        configuration.spawnStrategy = strategy
+        return configuration
+    }
+}
+
 /// A supervisor with a configuration suited to tests: quiet, a manual clock where asked.
 func withSupervisor(
+    strategy: UVSpawnStrategy = .automatic,
     slots: Int = 8,
     clock: (any Clock<Duration>)? = nil,
     configure: (inout WorkerSupervisor.Configuration) -> Void = { _ in },
     _ body: (WorkerSupervisor) async throws -> Void
 ) async throws {
-    var configuration = WorkerSupervisor.Configuration()
+    var configuration = WorkerSupervisor.Configuration.testing(strategy)
     configuration.maxWorkerProcesses = slots
     configuration.random = { 0.5 }
     if let clock { configuration.clock = clock }
@@ -286,13 +299,16 @@ let buildDirectory: String = {
 
 /// Runs the fixture supervisor (`Tests/Fixtures/FixtureSupervisor`) in a process of its own, for tests that change
 /// process-wide state or count a whole process's descriptors, and returns what it printed and how it ended.
-func runFixture(_ arguments: [String]) async throws -> (lines: [String], status: UVExitStatus) {
+func runFixture(
+    _ arguments: [String],
+    strategy: UVSpawnStrategy = .automatic
+) async throws -> (lines: [String], status: UVExitStatus) {
     let loop = try UVEventLoop(name: "fixture")
     let output = try UVPipePair()
     var options = UVSpawnOptions(
         executable: buildDirectory + "/FixtureSupervisor",
         arguments: arguments,
-        environment: ["PATH": "/usr/bin:/bin"],
+        environment: ["PATH": "/usr/bin:/bin", "FIXTURE_SPAWN_STRATEGY": "\(strategy)"],
         detached: true
     )
     options.descriptors = [0: 0, 1: output.writeEnd]  // its log lines (standard error) are not wanted here

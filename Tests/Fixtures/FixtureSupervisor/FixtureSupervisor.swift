@@ -54,7 +54,7 @@ struct FixtureSupervisor {
     }
 
     static func serve(_ executable: String, count: Int) async throws {
-        try await withWorkerSupervisor { supervisor in
+        try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
             for index in 0..<count {
                 var worker = BackgroundWorker(name: "fixture-\(index)", entryPoint: .executable(executable, arguments: ["serve"]))
                 worker.reportsReadiness = true
@@ -73,7 +73,7 @@ struct FixtureSupervisor {
 
 extension FixtureSupervisor {
     static func runBuiltin() async throws {
-        try await withWorkerSupervisor { supervisor in
+        try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
             var worker = BackgroundWorker(name: "echo-builtin", entryPoint: .builtin("echo"))
             worker.mainArgument = 9
             worker.reportsReadiness = true
@@ -95,7 +95,7 @@ extension FixtureSupervisor {
     /// Restart interval 0 while this process cannot open another descriptor: every spawn fails with EMFILE and
     /// is retried at once. Prints how many attempts it saw, then lifts the limit.
     static func emfileStorm(attempts: Int) async throws {
-        try await withWorkerSupervisor { supervisor in
+        try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
             let events = await supervisor.events()
             var worker = BackgroundWorker(name: "storm", entryPoint: .executable("/bin/true"))
             worker.restartInterval = .seconds(0)
@@ -121,7 +121,7 @@ extension FixtureSupervisor {
     /// Registers two workers while no descriptor is free: the restartable one is retried after its interval and
     /// starts once descriptors are free again; the never-restart one stops with the error (PG-10).
     static func emfileRetry() async throws {
-        try await withWorkerSupervisor { supervisor in
+        try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
             var retried = BackgroundWorker(name: "retried", entryPoint: .executable("/bin/sh", arguments: ["-c", "echo READY=1 >&4; exec sleep 1000"]))
             retried.reportsReadiness = true  // its readiness pipe needs two descriptors; one is free
             retried.restartInterval = .seconds(1)
@@ -146,7 +146,7 @@ extension FixtureSupervisor {
     /// Register/exit cycles, 16 at a time, with and without a readiness pipe: prints this process's open
     /// descriptors before and after, the zombies among the workers, and the slots still in use.
     static func cycles(_ count: Int) async throws {
-        try await withWorkerSupervisor(configuration: { var c = WorkerSupervisor.Configuration(); c.maxWorkerProcesses = 16; return c }()) { supervisor in
+        try await withWorkerSupervisor(configuration: { var c = WorkerSupervisor.Configuration.fixture(); c.maxWorkerProcesses = 16; return c }()) { supervisor in
             // A first cycle creates what libuv creates once per loop (the /dev/null it reserves for EMFILE).
             var warmUp = BackgroundWorker(name: "warm-up", entryPoint: .executable("/bin/true"))
             warmUp.reportsReadiness = true
@@ -181,7 +181,7 @@ extension FixtureSupervisor {
 
     /// A worker whose notify pid is this very process, which watches no signal of its own.
     static func notifySelf() async throws {
-        try await withWorkerSupervisor { supervisor in
+        try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
             var worker = BackgroundWorker(name: "notifies-me", entryPoint: .executable("/bin/sleep", arguments: ["1000"]))
             worker.notifyPID = getpid()
             worker.restartInterval = .never
@@ -198,7 +198,7 @@ extension FixtureSupervisor {
     /// and resident memory every `every` lifetimes.
     static func lifetimes(_ count: Int, every: Int) async throws {
         for index in 1...count {
-            try await withWorkerSupervisor { supervisor in
+            try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
                 let handle = try await supervisor.register(BackgroundWorker(name: "once", entryPoint: .executable("/bin/true")))
                 _ = try await handle.waitForShutdown()
             }
@@ -238,6 +238,20 @@ func residentKiB() -> Int {
     let fields = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ")
     guard fields.count >= 2, let pages = Int(fields[1]) else { return -1 }
     return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
+}
+
+extension WorkerSupervisor.Configuration {
+    /// The defaults, with the spawn strategy the test asked for in FIXTURE_SPAWN_STRATEGY (`libuv`,
+    /// `posixSpawn`; anything else: automatic).
+    static func fixture() -> Self {
+        var configuration = Self()
+        switch getenv("FIXTURE_SPAWN_STRATEGY").map({ String(cString: $0) }) {
+        case "libuv": configuration.spawnStrategy = .libuv
+        case "posixSpawn": configuration.spawnStrategy = .posixSpawn
+        default: break
+        }
+        return configuration
+    }
 }
 
 /// Writes a line to standard output at once (a pipe would otherwise buffer it).
