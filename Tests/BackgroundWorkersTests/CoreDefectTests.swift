@@ -139,21 +139,9 @@ extension SupervisorTests {
             try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 var worker = BackgroundWorker(name: "false", entryPoint: .executable("/bin/false"))
                 worker.restartInterval = .seconds(0)
-                let handle = try await supervisor.register(worker)
-                var delays: [Duration] = []
-                for _ in 0..<6 {
-                    #expect(try await handle.waitForShutdown() == .stopped)
-                    guard case .restartScheduled(let after, _, _) = await handle.detail else {
-                        Issue.record("not scheduled: \(await handle.detail)")
-                        return
-                    }
-                    delays.append(after)
-                    if after > .zero {
-                        await clock.waitForSleepers(1)
-                        clock.advance(by: after)
-                    }
-                    _ = try? await handle.waitForStartup()
-                }
+                let log = await EventLog(supervisor)
+                _ = try await supervisor.register(worker)
+                let delays = await log.restartDelays(of: "false", count: 6, advancing: clock)
                 #expect(delays == [.milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .milliseconds(1600), .milliseconds(3200)])
             }
         }

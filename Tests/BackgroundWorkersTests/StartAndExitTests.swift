@@ -301,19 +301,9 @@ extension SupervisorTests {
                 var worker = shellWorker("flaky", Script.exit(1))
                 worker.restartInterval = .seconds(1)
                 worker.restartBackoff = .init(multiplier: 2, maximum: .seconds(5), jitter: 0, resetAfter: .seconds(60))
-                let handle = try await supervisor.register(worker)
-                var delays: [Duration] = []
-                for _ in 0..<5 {
-                    #expect(try await handle.waitForShutdown() == .stopped)
-                    guard case .restartScheduled(let after, _, _) = await handle.detail else {
-                        Issue.record("not scheduled: \(await handle.detail)")
-                        return
-                    }
-                    delays.append(after)
-                    await clock.waitForSleepers(1)
-                    clock.advance(by: after)
-                    _ = try? await handle.waitForStartup()
-                }
+                let log = await EventLog(supervisor)
+                _ = try await supervisor.register(worker)
+                let delays = await log.restartDelays(of: "flaky", count: 5, advancing: clock)
                 #expect(delays == [.seconds(1), .seconds(2), .seconds(4), .seconds(5), .seconds(5)])
             }
         }

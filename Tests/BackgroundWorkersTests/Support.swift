@@ -87,6 +87,26 @@ final class WakeUps: Sendable {
     }
 }
 
+/// Matches the event after `index` earlier matching ones; events are offered to it once each, in order.
+final class CountingMatch: Sendable {
+    private let index: Int
+    private let matches: @Sendable (WorkerEvent) -> Bool
+    private let seen = Mutex(0)
+
+    init(index: Int, matches: @escaping @Sendable (WorkerEvent) -> Bool) {
+        self.index = index
+        self.matches = matches
+    }
+
+    @Sendable func callAsFunction(_ event: WorkerEvent) -> Bool {
+        guard self.matches(event) else { return false }
+        return self.seen.withLock { seen in
+            defer { seen += 1 }
+            return seen == self.index
+        }
+    }
+}
+
 /// Collects a supervisor's events from the moment it is created.
 final class EventLog: Sendable {
     private struct State {
@@ -106,8 +126,13 @@ final class EventLog: Sendable {
     private func append(_ event: WorkerEvent) {
         let ready = self.state.withLock { state -> [CheckedContinuation<WorkerEvent, Never>] in
             state.events.append(event)
-            let ready = state.waiters.filter { $0.matches(event) }.map(\.continuation)
-            state.waiters.removeAll { $0.matches(event) }
+            // Each waiter sees each event once.
+            var ready: [CheckedContinuation<WorkerEvent, Never>] = []
+            state.waiters.removeAll { waiter in
+                guard waiter.matches(event) else { return false }
+                ready.append(waiter.continuation)
+                return true
+            }
             return ready
         }
         for continuation in ready { continuation.resume(returning: event) }
@@ -125,6 +150,30 @@ final class EventLog: Sendable {
             }
             if let past { continuation.resume(returning: past) }
         }
+    }
+
+    /// The delays of the first `count` restarts scheduled for `name`, past or future. `clock` is advanced past
+    /// each delay as soon as it is scheduled, so that the next one comes.
+    func restartDelays(of name: String, count: Int, advancing clock: ManualClock) async -> [Duration] {
+        var delays: [Duration] = []
+        for index in 0..<count {
+            let event = await self.nth(index) { event in
+                guard event.name == name, case .restartScheduled = event.kind else { return false }
+                return true
+            }
+            guard case .restartScheduled(let after) = event.kind else { return delays }
+            delays.append(after)
+            if after > .zero {
+                await clock.waitForSleepers(1)
+                clock.advance(by: after)
+            }
+        }
+        return delays
+    }
+
+    /// The event after `index` earlier ones that match (0: the first), past or future.
+    func nth(_ index: Int, where matches: @escaping @Sendable (WorkerEvent) -> Bool) async -> WorkerEvent {
+        await self.first(where: CountingMatch(index: index, matches: matches).callAsFunction)
     }
 
     /// The pid of the first start of `name` other than `excluded`.
