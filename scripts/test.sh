@@ -8,6 +8,6 @@ swift build --build-tests
 swift run loop-demo >/dev/null
 swift run supervisor-demo --seconds 2 >/dev/null
 swift run task-group-example >/dev/null
-# --no-parallel: the suites spawn real processes, send process-wide signals and count this process's
-# descriptors and zombies; run one test at a time across test targets too.
-exec swift test --disable-xctest --no-parallel "$@"
+# As users run it: Swift Testing's default parallelism. Tests that change process-wide state run in a fixture
+# process of their own.
+exec swift test "$@"
