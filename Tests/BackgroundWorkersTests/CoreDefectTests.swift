@@ -10,6 +10,15 @@ extension SupervisorTests {
     /// The crash-class defects of the first supervisor core (issue 9), each reproduced as a user would meet it.
     @Suite("Supervisor core defects (issue 9)")
     struct CoreDefectTests {
+        /// A ready shared-memory worker that a crash reset would stop.
+        static func sharedMemoryPeer(_ supervisor: WorkerSupervisor) async throws -> (BackgroundWorkerHandle, Int32) {
+            var peer = shellWorker("peer", Script.readyThenSleep)
+            peer.flags = [.sharedMemoryAccess]
+            peer.reportsReadiness = true
+            let handle = try await supervisor.register(peer)
+            return (handle, try await handle.waitForReady())
+        }
+
         @Test("interval 0 and a transient spawn error retry through the loop's timers, not on one stack", arguments: spawnStrategies)
         func noRecursionOnTransientSpawnErrors(strategy: UVSpawnStrategy) async throws {
             // 3,000 attempts while no descriptor is free; the first core died of SIGSEGV after about 1,700.
@@ -30,11 +39,7 @@ extension SupervisorTests {
         func terminateIsNoCrash(strategy: UVSpawnStrategy) async throws {
             try await withSupervisor(strategy: strategy) { supervisor in
                 let log = await EventLog(supervisor)
-                var peer = shellWorker("peer", Script.readyThenSleep)
-                peer.flags = [.sharedMemoryAccess]
-                peer.reportsReadiness = true
-                let peerHandle = try await supervisor.register(peer)
-                let peerPid = try await peerHandle.waitForReady()
+                let (peerHandle, peerPid) = try await Self.sharedMemoryPeer(supervisor)
                 // /bin/sleep has no SIGTERM handler: the signal kills it.
                 var plain = BackgroundWorker(name: "plain", entryPoint: .executable("/bin/sleep", arguments: ["1000"]))
                 plain.flags = [.sharedMemoryAccess]
@@ -54,11 +59,7 @@ extension SupervisorTests {
             let clock = ManualClock()
             try await withSupervisor(strategy: strategy, clock: clock) { supervisor in
                 let log = await EventLog(supervisor)
-                var peer = shellWorker("peer", Script.readyThenSleep)
-                peer.flags = [.sharedMemoryAccess]
-                peer.reportsReadiness = true
-                let peerHandle = try await supervisor.register(peer)
-                let peerPid = try await peerHandle.waitForReady()
+                let (peerHandle, peerPid) = try await Self.sharedMemoryPeer(supervisor)
                 var stubborn = shellWorker("stubborn", Script.ignoreTerm)
                 stubborn.flags = [.sharedMemoryAccess]
                 stubborn.reportsReadiness = true

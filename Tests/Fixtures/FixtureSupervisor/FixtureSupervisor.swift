@@ -101,18 +101,15 @@ extension FixtureSupervisor {
             worker.restartInterval = .seconds(0)
             worker.restartThrottle = nil  // PostgreSQL's rule exactly: retried at once, every time
             worker.reportsReadiness = true  // its readiness pipe needs two descriptors; one is free
-            var limit = rlimit()
-            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-            var lowered = limit
-            lowered.rlim_cur = rlim_t(lowestFreeDescriptor() + 1)
-            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
-            let handle = try await supervisor.register(worker)
-            var failures = 0
-            for await event in events where event.handle == handle {
-                if case .spawnFailed = event.kind { failures += 1 }
-                if failures >= attempts { break }
+            let (handle, failures) = try await withOneFreeDescriptor {
+                let handle = try await supervisor.register(worker)
+                var failures = 0
+                for await event in events where event.handle == handle {
+                    if case .spawnFailed = event.kind { failures += 1 }
+                    if failures >= attempts { break }
+                }
+                return (handle, failures)
             }
-            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
             emit("attempts \(failures)")
             await handle.terminate()
         }
@@ -128,14 +125,9 @@ extension FixtureSupervisor {
             var once = retried
             once.name = "once"
             once.restartInterval = .never
-            var limit = rlimit()
-            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-            var lowered = limit
-            lowered.rlim_cur = rlim_t(lowestFreeDescriptor() + 1)
-            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
-            let retriedHandle = try await supervisor.register(retried)
-            let onceHandle = try await supervisor.register(once)
-            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            let (retriedHandle, onceHandle) = try await withOneFreeDescriptor {
+                (try await supervisor.register(retried), try await supervisor.register(once))
+            }
             emit("retried: \(await retriedHandle.status); \(await retriedHandle.detail)")
             emit("once: \(await onceHandle.status); \(await onceHandle.detail)")
             _ = try await retriedHandle.waitForReady()
@@ -209,13 +201,19 @@ extension FixtureSupervisor {
     }
 }
 
-/// The lowest descriptor number not in use. A descriptor limit one above it leaves exactly one free: a pipe (two
-/// descriptors) then fails with EMFILE, while libdispatch can still open the one file it needs to watch its
-/// thread pool (it traps when that fails: a Swift process at its descriptor limit can die in Dispatch).
-func lowestFreeDescriptor() -> Int32 {
-    let free = dup(0)
-    close(free)
-    return free
+/// Runs `body` while this process may open exactly one more descriptor: a pipe (two descriptors) then fails with
+/// EMFILE, while libdispatch can still open the one file it needs to watch its thread pool (it traps when that
+/// fails: a Swift process at its descriptor limit can die in Dispatch whatever else it does).
+func withOneFreeDescriptor<Result>(_ body: () async throws -> Result) async rethrows -> Result {
+    var limit = rlimit()
+    getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    let lowestFree = dup(0)
+    close(lowestFree)
+    var lowered = limit
+    lowered.rlim_cur = rlim_t(lowestFree + 1)
+    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
+    defer { setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) }
+    return try await body()
 }
 
 /// This process's open descriptors, from /proc/self/fd (less the one reading it).
