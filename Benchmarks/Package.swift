@@ -49,6 +49,7 @@ let package = Package(
         .executableTarget(
             name: "Supervisor",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "Benchmark", package: "package-benchmark"),
                 .product(name: "BackgroundWorkers", package: "swift-background-workers"),
                 .product(name: "Logging", package: "swift-log"),
@@ -57,6 +58,16 @@ let package = Package(
             path: "Benchmarks/Supervisor",
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
+        // Diagnostics: which threads a hop runs on.
+        .executableTarget(
+            name: "HopProbe",
+            dependencies: [
+                .product(name: "UVConcurrency", package: "swift-background-workers"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         // Small helpers the benchmark targets share.
         .target(name: "BenchmarkSupport", swiftSettings: [.swiftLanguageMode(.v6)]),

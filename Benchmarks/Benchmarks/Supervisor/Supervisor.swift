@@ -1,5 +1,6 @@
 import BackgroundWorkers
 import Benchmark
+import BenchmarkSupport
 import CSpawnBaseline
 import Logging
 
@@ -34,6 +35,16 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     // MARK: Baselines
+
+    Benchmark("C posix_spawn call→pid (baseline)") { benchmark in
+        for _ in benchmark.scaledIterations {
+            benchmark.startMeasurement()
+            let pid = csb_posix_spawn_only("/bin/true", cEnvironment)
+            benchmark.stopMeasurement()
+            precondition(pid > 0)
+            precondition(csb_reap(pid) == 0)
+        }
+    }
 
     Benchmark("C uv_spawn call→pid (baseline)") { benchmark in
         for _ in benchmark.scaledIterations {
@@ -77,6 +88,43 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // The floor's figure: both in the same samples, in rotating order (the machine's speed drifts over seconds).
+    let supervisorMetric = BenchmarkMetric.custom("register→waitForStartup (ns)", useScalingFactor: false)
+    let cMetric = BenchmarkMetric.custom("C posix_spawn call→pid (ns)", useScalingFactor: false)
+    let ratioMetric = BenchmarkMetric.custom("ratio supervisor/C (‰)", useScalingFactor: false)
+    Benchmark(
+        "register→waitForStartup vs C posix_spawn call→pid, interleaved",
+        configuration: .init(metrics: [supervisorMetric, cMetric, ratioMetric], warmupIterations: 5, maxDuration: .seconds(10), maxIterations: 300)
+    ) { benchmark in
+        var turn = 0
+        for _ in benchmark.scaledIterations {
+            turn += 1
+            var elapsed: [Duration] = [.zero, .zero]
+            for step in 0..<2 {
+                let which = (step + turn) % 2
+                for _ in 0..<5 {
+                    if which == 0 {
+                        let start = ContinuousClock.now
+                        let handle = try await supervisor.register(trueWorker)
+                        _ = try? await handle.waitForStartup()
+                        elapsed[0] += start.duration(to: .now)
+                        _ = try await handle.waitForShutdown()
+                    } else {
+                        let start = ContinuousClock.now
+                        let pid = csb_posix_spawn_only("/bin/true", cEnvironment)
+                        elapsed[1] += start.duration(to: .now)
+                        precondition(pid > 0 && csb_reap(pid) == 0)
+                    }
+                }
+            }
+            let ours = nanoseconds(elapsed[0]) / 5
+            let c = nanoseconds(elapsed[1]) / 5
+            benchmark.measurement(supervisorMetric, ours)
+            benchmark.measurement(cMetric, c)
+            benchmark.measurement(ratioMetric, ours * 1000 / max(1, c))
+        }
+    }
+
     Benchmark("register→waitForShutdown, /bin/true: WorkerSupervisor") { benchmark in
         for _ in benchmark.scaledIterations {
             let handle = try await supervisor.register(trueWorker)
@@ -115,6 +163,7 @@ let benchmarks: @Sendable () -> Void = {
         // One worker that exits 1 at once and is restarted at once, forever; each sample is one exit→start.
         var restarting = worker("restarting", "/bin/false")
         restarting.restartInterval = .seconds(0)
+        restarting.restartThrottle = nil  // the mechanism's own latency: PostgreSQL's rule, at once
         let events = await supervisor.events()
         let handle = try await supervisor.register(restarting)
         var exitedAt: ContinuousClock.Instant?

@@ -19,6 +19,21 @@ int csb_posix_spawn_and_wait(const char *path, char *const envp[]) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+int csb_posix_spawn_only(const char *path, char *const envp[]) {
+    pid_t pid;
+    char *argv[] = {(char *)path, NULL};
+    int err = posix_spawn(&pid, path, NULL, NULL, argv, envp);
+    return err != 0 ? -err : pid;
+}
+
+int csb_reap(int pid) {
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) return -errno;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 static uv_loop_t *csb_loop = NULL;
 static int csb_exit_status = -1;
 

@@ -316,6 +316,10 @@ public final class UVEventLoop: @unchecked Sendable {
                     now = uv_hrtime()
                     deadline = min(now + self.spinNanoseconds, limit)
                 } else {
+                    // Give the CPU to anything runnable on it: the scheduler tends to wake the thread this loop
+                    // just handed work to (a caller's continuation) on this very CPU, where a plain spin would
+                    // keep it waiting.
+                    sched_yield()
                     now = uv_hrtime()
                 }
             }

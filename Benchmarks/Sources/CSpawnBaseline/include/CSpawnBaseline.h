@@ -5,6 +5,12 @@
 /// posix_spawn(path) with no arguments and environment `envp`, then waitpid for it. Returns its exit status (0 for /bin/true) or -errno.
 int csb_posix_spawn_and_wait(const char *path, char *const envp[]);
 
+/// Only the posix_spawn call, until the pid is known; returns the pid (or -errno). Reap it with `csb_reap`.
+int csb_posix_spawn_only(const char *path, char *const envp[]);
+
+/// waitpid for `pid`; returns its exit status or -errno.
+int csb_reap(int pid);
+
 /// uv_spawn(path) (detached, like the supervisor's workers) with environment `envp` on a private libuv loop (created on first use,
 /// run on the calling thread), then uv_run until
 /// the exit callback ran and the handle closed. Returns the exit status or a negative libuv error.
