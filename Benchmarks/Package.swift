@@ -69,6 +69,14 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        .executableTarget(
+            name: "SupervisorProbe",
+            dependencies: [
+                .product(name: "BackgroundWorkers", package: "swift-background-workers"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
         // Small helpers the benchmark targets share.
         .target(name: "BenchmarkSupport", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(name: "BenchEmptyMain"),

@@ -9,9 +9,7 @@ extension WorkerSupervisor {
         _ list: any ReferenceWritableKeyPath<WorkerResources, UVWaiterList<Value>> & Sendable,
         answer: @escaping @Sendable (WorkerStateMachine, ShutdownMode?) -> Result<Value, SupervisorError>?
     ) async throws -> Value {
-        guard let worker = self.state(of: handle) else {
-            throw SupervisorError(.workerStopped, "\(handle) belongs to another supervisor")
-        }
+        let worker = self.ownState(of: handle)
         if let result = answer(worker, self.machine.stoppedBy) { return try result.get() }
         let id = handle.id
         return try await self.loop.wait { token, continuation in

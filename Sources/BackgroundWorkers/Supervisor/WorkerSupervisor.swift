@@ -177,24 +177,27 @@ public actor WorkerSupervisor {
 
     // MARK: - Status
 
-    /// The PostgreSQL status of a handle's worker.
-    public func status(of handle: BackgroundWorkerHandle) -> WorkerStatus {
-        guard let worker = self.state(of: handle) else { return .stopped }
-        return worker.status(supervisorStopped: self.machine.stoppedBy != nil)
-    }
-
-    /// Everything known of a handle's worker, for as long as the handle exists.
-    public func detail(of handle: BackgroundWorkerHandle) -> WorkerStatusDetail {
+    /// The rules' view of a worker of this supervisor's (a handle always asks its own supervisor).
+    func ownState(of handle: BackgroundWorkerHandle) -> WorkerStateMachine {
         guard let worker = self.state(of: handle) else {
-            return .unregistered(.terminated, lastExit: nil)  // not ours; never happens through a handle's own API
+            preconditionFailure("\(handle) was passed to a supervisor that did not register it")
         }
-        return worker.detail
+        return worker
     }
 
-    /// The last `ERROR=` line a handle's worker wrote to its status descriptor (for example why a library
-    /// entry point could not be loaded), or nil; kept for as long as the handle exists.
-    public func lastReportedError(of handle: BackgroundWorkerHandle) -> String? {
-        self.state(of: handle)?.lastReportedError
+    /// The PostgreSQL status of a handle's worker (``BackgroundWorkerHandle/status``).
+    func status(of handle: BackgroundWorkerHandle) -> WorkerStatus {
+        self.ownState(of: handle).status(supervisorStopped: self.machine.stoppedBy != nil)
+    }
+
+    /// Everything known of a handle's worker, for as long as the handle exists (``BackgroundWorkerHandle/detail``).
+    func detail(of handle: BackgroundWorkerHandle) -> WorkerStatusDetail {
+        self.ownState(of: handle).detail
+    }
+
+    /// The last `ERROR=` line a handle's worker wrote (``BackgroundWorkerHandle/lastReportedError``).
+    func lastReportedError(of handle: BackgroundWorkerHandle) -> String? {
+        self.ownState(of: handle).lastReportedError
     }
 
     /// The number of slots in use.
