@@ -192,6 +192,22 @@ extension UVConcurrencyTests {
             }
         }
 
+        @Test("a base environment prepared once: the child gets it, with the options' own variables over it", arguments: Self.strategies)
+        func baseEnvironment(strategy: UVSpawnStrategy) async throws {
+            let base = try UVEnvironment(["PATH": "/usr/bin:/bin", "SHARED": "base", "REPLACED": "base"])
+            #expect(throws: UVError.self) { try UVEnvironment(["A=B": "c"]) }
+            #expect(throws: UVError.self) { try UVEnvironment(["": "c"]) }
+            try await withLoop { loop async throws in
+                let output = try UVPipePair()
+                var options = Self.shell("env | sort", strategy)
+                options.baseEnvironment = base
+                options.environment = ["REPLACED": "own", "OWN": "own"]
+                options.descriptors = [1: output.writeEnd, 2: 2]
+                let lines = try await readAllLines(loop, output, options).filter { !$0.hasPrefix("PWD=") && !$0.hasPrefix("SHLVL=") && !$0.hasPrefix("_=") }
+                #expect(lines == ["OWN=own", "PATH=/usr/bin:/bin", "REPLACED=own", "SHARED=base"])
+            }
+        }
+
         @Test("a child gets the descriptors it was given and none of this package's", arguments: Self.strategies)
         func childGetsExactlyItsDescriptors(strategy: UVSpawnStrategy) async throws {
             try await withLoop { loop async throws in

@@ -30,6 +30,26 @@ struct SupervisorProbe {
                 }
                 registered.sort()
                 started.sort()
+                var sleeper = worker
+                sleeper.entryPoint = .executable("/bin/sleep", arguments: ["100"])
+                let sleeping = try await supervisor.register(sleeper)
+                _ = try await sleeping.waitForStartup()
+                var hops: [Duration] = []
+                for _ in 0..<count {
+                    let start = ContinuousClock.now
+                    _ = try await sleeping.waitForStartup()
+                    hops.append(start.duration(to: .now))
+                }
+                var statusHops: [Duration] = []
+                for _ in 0..<count {
+                    let start = ContinuousClock.now
+                    _ = await sleeping.status
+                    statusHops.append(start.duration(to: .now))
+                }
+                statusHops.sort()
+                print("status p50 \(statusHops[count / 2])")
+                hops.sort()
+                print("waitForStartup of a running worker p50 \(hops[count / 2]) p90 \(hops[count * 9 / 10])")
                 print("register→waitForStartup mean \(startup / count); register mean \(registering / count), p50 \(registered[count / 2]); then waitForStartup p50 \(started[count / 2])")
             }
         }.value

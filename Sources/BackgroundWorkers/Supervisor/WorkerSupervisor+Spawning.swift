@@ -38,9 +38,9 @@ extension WorkerSupervisor {
             reportsStatus: entry.library != nil || entry.builtinName != nil,
             sharedMemorySize: worker.usesSharedMemory ? self.sharedMemory?.size : nil
         )
-        var environment = self.baseEnvironment
-        environment.merge(executable.environment) { _, new in new }
-        environment.merge(identity.environment) { _, new in new }
+        // Over the supervisor's own (prepared once), the entry point's variables, then the contract's.
+        var environment = identity.environment
+        environment.merge(executable.environment) { contract, _ in contract }
         var options = UVSpawnOptions(
             executable: executable.path,
             arguments: executable.arguments,
@@ -48,6 +48,7 @@ extension WorkerSupervisor {
             workingDirectory: executable.workingDirectory,
             detached: true
         )
+        options.baseEnvironment = self.baseEnvironment
         options.strategy = self.configuration.spawnStrategy
         options.argumentZero = worker.registration.name
         options.descriptors[WorkerProcessContract.aliveDescriptor] = self.alivePipe.readEnd
@@ -121,19 +122,9 @@ extension WorkerSupervisor {
 
     /// The supervisor's environment at creation, the base of every worker's; the contract's own variables are
     /// the supervisor's to set, never to inherit.
-    static func currentEnvironment() -> [String: String] {
-        var result: [String: String] = [:]
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                let key = String(text[..<equals])
-                if !key.hasPrefix(WorkerProcessContract.environmentPrefix) {
-                    result[key] = String(text[text.index(after: equals)...])
-                }
-            }
-            pointer += 1
-        }
-        return result
+    static func currentEnvironment() -> UVEnvironment {
+        let variables = UVEnvironment.current().variables.filter { !$0.key.hasPrefix(WorkerProcessContract.environmentPrefix) }
+        // Taken from a well-formed environment: nothing to refuse.
+        return try! UVEnvironment(variables)
     }
 }

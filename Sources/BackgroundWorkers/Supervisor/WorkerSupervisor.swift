@@ -34,8 +34,8 @@ public actor WorkerSupervisor {
 
     let logger: Logger
     let clock: SupervisorClock
-    /// The supervisor's environment at creation, the base of every worker's.
-    let baseEnvironment: [String: String]
+    /// The supervisor's environment at creation, the base of every worker's: checked and copied once.
+    let baseEnvironment: UVEnvironment
     /// The rules: every worker's lifecycle and the supervisor's own. The only record of "is it running".
     var machine: SupervisorStateMachine
     /// What the actor holds for each live registration (processes, timers, waiters), by slot.

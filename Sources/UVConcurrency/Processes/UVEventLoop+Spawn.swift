@@ -141,10 +141,17 @@ extension UVEventLoop {
         argv.append(nil)
 
         var envp: [UnsafeMutablePointer<CChar>?]? = nil
-        if let environment = options.environment {
+        if options.environment != nil || options.baseEnvironment != nil {
+            let environment = options.environment ?? [:]
             var list: [UnsafeMutablePointer<CChar>?] = []
-            list.reserveCapacity(environment.count + 1)
+            list.reserveCapacity(environment.count + (options.baseEnvironment?.entries.count ?? 0) + 1)
             for (key, value) in environment { list.append(cString("\(key)=\(value)")) }
+            if let base = options.baseEnvironment {
+                // Already checked and copied once: only the ones the options do not replace.
+                for (key, entry) in zip(base.keys, base.entries) where environment[key] == nil {
+                    list.append(entry)
+                }
+            }
             list.append(nil)
             envp = list
         }

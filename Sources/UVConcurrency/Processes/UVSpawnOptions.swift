@@ -10,8 +10,12 @@ public struct UVSpawnOptions: Sendable, Hashable {
     public var arguments: [String]
     /// `argv[0]`; `nil` uses ``executable``.
     public var argumentZero: String?
-    /// The child's environment; `nil` inherits this process's environment at spawn time.
+    /// The child's environment; `nil` inherits this process's environment at spawn time (or, with
+    /// ``baseEnvironment``, gets exactly that).
     public var environment: [String: String]?
+    /// Variables prepared once for many children: the child gets them, except those that ``environment``
+    /// names, plus ``environment``. For a supervisor whose children share most of their environment.
+    public var baseEnvironment: UVEnvironment?
     /// The child's working directory; `nil` inherits this process's.
     public var workingDirectory: String?
     /// Start the child in a session and process group of its own (`setsid`), so that
@@ -51,6 +55,7 @@ public struct UVSpawnOptions: Sendable, Hashable {
         self.arguments = arguments
         self.argumentZero = nil
         self.environment = environment
+        self.baseEnvironment = nil
         self.workingDirectory = workingDirectory
         self.detached = detached
         self.descriptors = descriptors
@@ -83,12 +88,10 @@ public struct UVSpawnOptions: Sendable, Hashable {
             throw UVError(.invalidArgument, context: "an argument of '\(self.executable)' contains a NUL byte")
         }
         for (key, value) in self.environment ?? [:] {
-            guard !key.isEmpty, !key.utf8.contains(UInt8(ascii: "=")), !key.utf8.contains(0), !value.utf8.contains(0)
-            else {
-                throw UVError(
-                    .invalidArgument,
-                    context: "environment variable '\(key)' of '\(self.executable)' has an empty name, '=' or a NUL byte"
-                )
+            do {
+                try UVEnvironment.check(key, value)
+            } catch {
+                throw UVError(.invalidArgument, context: "\(error.context) (spawning '\(self.executable)')")
             }
         }
     }
