@@ -47,10 +47,15 @@ let package = Package(
             // The worker runtime's main thread drains Dispatch's main queue (MainThread.c).
             linkerSettings: [.linkedLibrary("dispatch")]
         ),
+        // The one AsyncSequence wrapper of the package's event, signal and reload sequences.
+        .target(
+            name: "StreamSequences",
+            swiftSettings: swiftSettings
+        ),
         // The libuv event loop as a Swift executor, with timers, signals, processes and pipes.
         .target(
             name: "UVConcurrency",
-            dependencies: ["CLibUV", "CWorkerSupport"],
+            dependencies: ["CLibUV", "CWorkerSupport", "StreamSequences"],
             swiftSettings: swiftSettings
         ),
         // The registration record, its validation, and the worker process contract: shared by the supervisor and
@@ -65,6 +70,7 @@ let package = Package(
             name: "BackgroundWorkers",
             dependencies: [
                 "BackgroundWorkerContract",
+                "StreamSequences",
                 "UVConcurrency",
                 "CWorkerSupport",
                 .product(name: "Logging", package: "swift-log"),
@@ -77,7 +83,7 @@ let package = Package(
         // supervisor-death detection. Knows nothing of the supervisor's internals.
         .target(
             name: "BackgroundWorkerRuntime",
-            dependencies: ["BackgroundWorkerContract", "CWorkerSupport"],
+            dependencies: ["BackgroundWorkerContract", "CWorkerSupport", "StreamSequences"],
             swiftSettings: swiftSettings
         ),
         // Runs library entry points: dlopen + dlsym + call, inside the worker runtime.

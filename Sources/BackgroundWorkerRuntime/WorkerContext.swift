@@ -1,4 +1,7 @@
 import BackgroundWorkerContract
+// Re-exported: its one type is the element-agnostic sequence behind this module's public sequences, so that
+// iterating them needs no import of its own.
+@_exported import StreamSequences
 
 #if canImport(Glibc)
 import Glibc
@@ -85,31 +88,10 @@ public final class WorkerContext: Sendable {
     }
 }
 
-/// SIGHUP reload requests, as an `AsyncSequence` (``WorkerContext/reloads``). Iterate it from one task.
-public struct WorkerReloads: AsyncSequence, Sendable {
-    /// Each element is one reload request.
-    public typealias Element = Void
-    /// Never fails.
-    public typealias Failure = Never
-
-    let stream: AsyncStream<Void>
-
-    /// The sequence's iterator.
-    public struct AsyncIterator: AsyncIteratorProtocol {
-        var base: AsyncStream<Void>.Iterator
-
-        /// The next reload request, or `nil` when the worker is stopping.
-        public mutating func next() async -> Void? { await self.base.next() }
-
-        /// The next reload request, or `nil` when the worker is stopping.
-        public mutating func next(isolation actor: isolated (any Actor)?) async -> Void? {
-            await self.base.next(isolation: actor)
-        }
-    }
-
-    /// Makes the iterator.
-    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: self.stream.makeAsyncIterator()) }
-}
+/// SIGHUP reload requests, as an `AsyncSequence` (``WorkerContext/reloads``): each element is one request, and
+/// the sequence ends when the worker is stopping. Buffering: see ``WorkerContext/reloads``. Iterate it from one
+/// task.
+public typealias WorkerReloads = StreamSequence<Void>
 
 /// The reload requests behind ``WorkerContext/reloads``. The stream is made at first use, not at start: a
 /// worker that never asks for reloads does not pay for one (nor for its type metadata, which a stored
@@ -143,7 +125,7 @@ final class ReloadRequests: Sendable {
             state.stream = stream
             return stream
         }
-        return WorkerReloads(stream: stream.stream)
+        return WorkerReloads(stream.stream)
     }
 
     /// A SIGHUP to act on.

@@ -1,3 +1,6 @@
+// Re-exported: its one type is the element-agnostic sequence behind this module's public sequences, so that
+// iterating them needs no import of its own.
+@_exported import StreamSequences
 import UVConcurrency
 
 /// Something that happened to a worker, in the order the supervisor saw it.
@@ -57,27 +60,4 @@ public struct WorkerEvent: Sendable, Hashable, CustomStringConvertible {
 /// (1,024 by default) that its consumer has not taken yet; when it falls further behind, the oldest are
 /// dropped first. A consumer that must see every event keeps up or uses a larger buffer. The sequence
 /// finishes when the supervisor has stopped.
-public struct WorkerEvents: AsyncSequence, Sendable {
-    /// Each element is an event.
-    public typealias Element = WorkerEvent
-    /// Never fails.
-    public typealias Failure = Never
-
-    let stream: AsyncStream<WorkerEvent>
-
-    /// The sequence's iterator.
-    public struct AsyncIterator: AsyncIteratorProtocol {
-        var base: AsyncStream<WorkerEvent>.Iterator
-
-        /// The next event, or `nil` once the supervisor stopped.
-        public mutating func next() async -> WorkerEvent? { await self.base.next() }
-
-        /// The next event, or `nil` once the supervisor stopped.
-        public mutating func next(isolation actor: isolated (any Actor)?) async -> WorkerEvent? {
-            await self.base.next(isolation: actor)
-        }
-    }
-
-    /// Makes the iterator.
-    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: self.stream.makeAsyncIterator()) }
-}
+public typealias WorkerEvents = StreamSequence<WorkerEvent>

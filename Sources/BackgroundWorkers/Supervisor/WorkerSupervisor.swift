@@ -212,7 +212,7 @@ public actor WorkerSupervisor {
         )
         if self.machine.stoppedBy != nil {
             continuation.finish()
-            return WorkerEvents(stream: stream)
+            return WorkerEvents(stream)
         }
         let key = self.nextSubscriber
         self.nextSubscriber += 1
@@ -223,7 +223,7 @@ public actor WorkerSupervisor {
                 self.assumeIsolated { _ = $0.eventSubscribers.removeValue(forKey: key) }
             }
         }
-        return WorkerEvents(stream: stream)
+        return WorkerEvents(stream)
     }
 }
 

@@ -1,3 +1,7 @@
+// Re-exported: its one type is the element-agnostic sequence behind this module's public sequences, so that
+// iterating them needs no import of its own.
+@_exported import StreamSequences
+
 /// The arrivals of one signal, as an `AsyncSequence` (made by ``UVEventLoop/signals(_:)``).
 ///
 /// The watcher is already active when the sequence is returned: a signal that arrives afterwards is not
@@ -8,60 +12,23 @@
 /// element means "the signal arrived at least once since the previous element", never a count.
 ///
 /// The sequence finishes when the loop shuts down. The watcher stops when the iterating task is cancelled,
-/// when iteration ends, or when the sequence and its iterator are dropped. Iterate it from one task only.
-public struct UVSignalSequence: AsyncSequence, Sendable {
-    /// Each element is the watched signal.
-    public typealias Element = UVSignal
-    /// Never fails.
-    public typealias Failure = Never
+/// when iteration ends, or when the sequence and its iterators are dropped. Iterate it from one task.
+public typealias UVSignalSequence = StreamSequence<UVSignal>
 
-    /// The watched signal.
-    public let signal: UVSignal
-    private let registration: Registration
+/// Owns a signal sequence's watcher: stops it when the last holder of the sequence is gone.
+final class SignalRegistration: @unchecked Sendable {
+    // @unchecked Sendable: `watcher` is touched only on the loop thread.
+    let loop: UVEventLoop
+    var watcher: UVSignalWatcher?
 
-    init(signal: UVSignal, registration: Registration) {
-        self.signal = signal
-        self.registration = registration
+    init(loop: UVEventLoop) {
+        self.loop = loop
     }
 
-    /// The sequence's iterator.
-    public struct AsyncIterator: AsyncIteratorProtocol {
-        fileprivate var base: AsyncStream<UVSignal>.Iterator
-        fileprivate let registration: Registration
-
-        /// The next arrival, or `nil` once the watcher stopped.
-        public mutating func next() async -> UVSignal? {
-            await self.base.next()
-        }
-
-        /// The next arrival, or `nil` once the watcher stopped.
-        public mutating func next(isolation actor: isolated (any Actor)?) async -> UVSignal? {
-            await self.base.next(isolation: actor)
-        }
-    }
-
-    /// Makes the iterator.
-    public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: self.registration.stream.makeAsyncIterator(), registration: self.registration)
-    }
-
-    /// Owns the watcher: stops it when the stream terminates or when the last holder is gone.
-    final class Registration: @unchecked Sendable {
-        // @unchecked Sendable: `watcher` is touched only on the loop thread; `stream` is Sendable.
-        let loop: UVEventLoop
-        let stream: AsyncStream<UVSignal>
-        var watcher: UVSignalWatcher?
-
-        init(loop: UVEventLoop, stream: AsyncStream<UVSignal>) {
-            self.loop = loop
-            self.stream = stream
-        }
-
-        deinit {
-            guard let watcher = self.watcher else { return }
-            // On the loop thread, where the watcher may be touched; a no-op when already closed.
-            self.loop.execute { watcher.cancel() }
-        }
+    deinit {
+        guard let watcher = self.watcher else { return }
+        // On the loop thread, where the watcher may be touched; a no-op when already closed.
+        self.loop.execute { watcher.cancel() }
     }
 }
 
@@ -75,7 +42,7 @@ extension UVEventLoop {
     ///   ``UVError/Code/signalFailed``.
     public func signals(_ signal: UVSignal) async throws(UVError) -> UVSignalSequence {
         let (stream, continuation) = AsyncStream<UVSignal>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let registration = UVSignalSequence.Registration(loop: self, stream: stream)
+        let registration = SignalRegistration(loop: self)
         let result: Result<Void, UVError> = await withCheckedContinuation { started in
             self.execute {
                 do throws(UVError) {
@@ -99,6 +66,6 @@ extension UVEventLoop {
             }
         }
         try result.get()
-        return UVSignalSequence(signal: signal, registration: registration)
+        return UVSignalSequence(stream, keepingAlive: registration)
     }
 }
