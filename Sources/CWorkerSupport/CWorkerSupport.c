@@ -6,9 +6,12 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <spawn.h>
+#include <dirent.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/mman.h>
 #include <poll.h>
 #include <sys/syscall.h>
@@ -171,6 +174,9 @@ int cws_spawn(const char *file, char *const argv[], char *const envp[], const ch
         if (!named) err = posix_spawn_file_actions_addopen(&actions, standard, "/dev/null", O_RDWR, 0);
     }
     if (err == 0 && cwd != NULL) err = posix_spawn_file_actions_addchdir_np(&actions, cwd);
+    // Nothing else reaches the child: descriptors that other code in this process left inheritable (a plain
+    // open, a socket, a shell's 10 and 251) are closed in it, and so are the temporaries above.
+    if (err == 0) err = posix_spawn_file_actions_addclosefrom_np(&actions, max_child + 1);
 
     pid_t pid = -1;
     if (err == 0) {
@@ -237,4 +243,139 @@ int cws_wait_gone(pid_t pid, int timeout_ms) {
     close(fd);
     if (result < 0) return -err;
     return result > 0 ? 1 : 0;
+}
+
+int cws_mark_inheritable_cloexec(int first, int *marked, int capacity) {
+    int directory = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (directory < 0) return -errno;
+    DIR *listing = fdopendir(directory);
+    if (listing == NULL) {
+        int err = errno;
+        close(directory);
+        return -err;
+    }
+    int count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(listing)) != NULL) {
+        if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+        int fd = atoi(entry->d_name);
+        if (fd < first || fd == directory) continue;
+        int flags = fcntl(fd, F_GETFD);
+        if (flags < 0 || (flags & FD_CLOEXEC)) continue;
+        if (count == capacity) break;
+        if (fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0) marked[count++] = fd;
+    }
+    closedir(listing);
+    return count;
+}
+
+void cws_unmark_cloexec(const int *marked, int count) {
+    for (int i = 0; i < count; i++) {
+        int flags = fcntl(marked[i], F_GETFD);
+        if (flags >= 0) fcntl(marked[i], F_SETFD, flags & ~FD_CLOEXEC);
+    }
+}
+
+/// The guardian's loop, in the forked child: only async-signal-safe calls (read, kill, _exit), no allocation.
+static void cws_guardian_main(int control, pid_t *groups, int capacity) {
+    int count = 0;
+    int32_t message[2 * 64];
+    for (;;) {
+        ssize_t n = read(control, message, sizeof(message));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;  // end of file: the supervisor is gone (or a read error, treated alike)
+        // Messages are 8 bytes and written whole (less than PIPE_BUF), so reads return whole messages.
+        for (ssize_t i = 0; i + 1 < n / 4; i += 2) {
+            pid_t group = (pid_t)message[i + 1];
+            if (message[i] == 1) {
+                if (count < capacity) groups[count++] = group;
+            } else {
+                for (int j = 0; j < count; j++) {
+                    if (groups[j] == group) {
+                        groups[j] = groups[--count];
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    for (int i = 0; i < count; i++) kill(-groups[i], SIGKILL);
+    _exit(0);
+}
+
+int cws_guardian_start(int capacity, pid_t *pid_out, int *pidfd_out, int *control_out) {
+    if (capacity < 1) return EINVAL;
+    pid_t *groups = malloc(sizeof(pid_t) * (size_t)capacity);
+    if (groups == NULL) return ENOMEM;
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        int err = errno;
+        free(groups);
+        return err;
+    }
+    // The child must not run a signal handler of this process before it has reset them: block everything
+    // around the fork, as posix_spawn does.
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    // _Fork: no atfork handlers (Dispatch's, the Swift runtime's) run in either process.
+    pid_t pid = _Fork();
+    if (pid == 0) {
+        // The child of a threaded process: async-signal-safe calls only, until _exit.
+        setsid();
+        prctl(PR_SET_NAME, "bgworker-guard", 0, 0, 0);
+        struct sigaction ignore = {0};
+        ignore.sa_handler = SIG_IGN;
+        struct sigaction standard = {0};
+        standard.sa_handler = SIG_DFL;
+        for (int sig = 1; sig < NSIG; sig++) {
+            // Ignored: a signal meant for the supervisor's process or group (pkill by name, a terminal's ^C)
+            // must not take the guardian away before the supervisor is gone.
+            int ignored = sig == SIGINT || sig == SIGTERM || sig == SIGHUP || sig == SIGQUIT || sig == SIGUSR1 ||
+                          sig == SIGUSR2 || sig == SIGPIPE;
+            sigaction(sig, ignored ? &ignore : &standard, NULL);
+        }
+        int control = fds[0];
+        if (control != 3) {
+            dup2(control, 3);
+            control = 3;
+        }
+        syscall(SYS_close_range, 0, 2, 0);
+        syscall(SYS_close_range, 4, ~0U, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        cws_guardian_main(control, groups, capacity);
+    }
+    int err = pid < 0 ? errno : 0;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    free(groups);
+    close(fds[0]);
+    if (err != 0) {
+        close(fds[1]);
+        return err;
+    }
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) {
+        err = errno;
+        close(fds[1]);
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+        return err;
+    }
+    *pid_out = pid;
+    *pidfd_out = pidfd;
+    *control_out = fds[1];
+    return 0;
+}
+
+int cws_guardian_send(int control, int add, pid_t group) {
+    int32_t message[2] = {add ? 1 : 2, (int32_t)group};
+    for (;;) {
+        ssize_t n = write(control, message, sizeof(message));
+        if (n == (ssize_t)sizeof(message)) return 0;
+        if (n < 0 && errno == EINTR) continue;
+        return n < 0 ? errno : EIO;
+    }
 }

@@ -83,6 +83,7 @@ extension WorkerSupervisor {
     /// libuv reaped a worker's process.
     func processExited(_ id: WorkerID, _ status: UVExitStatus) {
         guard let resources = self.resources(id) else { return }
+        if let process = resources.process { self.guardian?.release(process.pid) }
         resources.process = nil
         // What the worker wrote before exiting (an ERROR= line, say) is read now, not lost to the race with the
         // exit notification.

@@ -28,6 +28,7 @@ extension WorkerSupervisor: Service {
     func begin() throws(SupervisorError) -> Bool {
         switch self.machine.mode {
         case .idle:
+            self.startGuardian()
             var actions: [SupervisorAction] = []
             self.machine.run(self.readings(), &actions)
             self.isServing = true
@@ -145,11 +146,37 @@ extension WorkerSupervisor: Service {
         self.perform(actions)
     }
 
+    /// Starts the guardian that kills every worker's group if this process dies without a shutdown. A supervisor
+    /// that cannot start one still runs, and says so.
+    func startGuardian() {
+        do {
+            let guardian = try WorkerGuardian(loop: self.loop, capacity: self.configuration.maxWorkerProcesses) { status in
+                self.assumeIsolated { $0.guardianExited(status) }
+            }
+            for resources in self.resources.compactMap({ $0 }) {
+                if let process = resources.process { guardian.hold(process.pid) }
+            }
+            self.guardian = guardian
+        } catch {
+            self.guardian = nil
+            self.logger.error("cannot start the worker guardian: \(error); workers that do not watch descriptor 3 may outlive this process if it dies without a shutdown")
+        }
+    }
+
+    /// The guardian ended while the supervisor runs (someone killed it): start another one.
+    private func guardianExited(_ status: UVExitStatus) {
+        guard self.machine.stoppedBy == nil, !self.closed else { return }
+        self.logger.error("the worker guardian ended (\(status)); starting a new one")
+        self.startGuardian()
+    }
+
     /// Every worker is reaped and unregistered: close what workers inherited, end the event sequences, wake
     /// `run()`.
     func finishStopping(_ mode: ShutdownMode) {
         self.logger.info("stopped after a \(mode) shutdown")
         self.closed = true
+        self.guardian?.close()
+        self.guardian = nil
         self.alivePipe.close()
         self.sharedMemory?.close()
         self.sharedMemory = nil

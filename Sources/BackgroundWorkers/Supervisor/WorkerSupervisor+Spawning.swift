@@ -78,6 +78,7 @@ extension WorkerSupervisor {
             return .spawnFailed(error)
         }
         resources.process = process
+        self.guardian?.hold(process.pid)
         if let readiness {
             readiness.closeWriteEnd()
             self.watchReadiness(resources, descriptor: readiness.readEnd)

@@ -56,6 +56,8 @@ public actor WorkerSupervisor {
     var startupError: (any Error)?
     /// Whether the alive pipe and the shared memory were closed.
     var closed = false
+    /// Kills every worker's process group if this process dies without a shutdown; started by `begin()`.
+    var guardian: WorkerGuardian?
 
     let metrics: SupervisorMetrics
 

@@ -76,6 +76,25 @@ int cws_wait_gone(pid_t pid, int timeout_ms);
 /// with `*exit_code` -1) when reaped, 0 when it still runs, or -errno.
 int cws_reap(pid_t pid, int *exit_code, int *signal);
 
+/// Marks every descriptor from `first` up that is not close-on-exec as close-on-exec, and lists them in `marked`
+/// (at most `capacity`), so that a `fork` + `exec` that cannot close them (`uv_spawn`) does not pass them on.
+/// Returns how many were marked, or -errno. Undo with `cws_unmark_cloexec`.
+int cws_mark_inheritable_cloexec(int first, int *marked, int capacity);
+
+/// Clears close-on-exec again on the `count` descriptors of `marked`.
+void cws_unmark_cloexec(const int *marked, int count);
+
+/// Starts a guardian: a child of this process (forked, no exec; it runs only async-signal-safe C code) in a
+/// session of its own, that ignores the signals a supervisor's process or group may get and reads 8-byte
+/// messages (`cws_guardian_send`) from a pipe: the process groups to kill. When the pipe reaches end of file,
+/// because every holder of its write end is gone (this process died, by any means, or closed it), the guardian
+/// sends SIGKILL to every group it holds (at most `capacity`) and exits. Returns 0 and sets the guardian's pid,
+/// a pidfd for it, and the pipe's write end (close-on-exec), or an errno.
+int cws_guardian_start(int capacity, pid_t *pid_out, int *pidfd_out, int *control_out);
+
+/// Tells the guardian to hold (`add` 1) or forget (`add` 0) process group `group`. Returns 0 or an errno.
+int cws_guardian_send(int control, int add, pid_t group);
+
 /// What the worker watcher reports to its callback.
 enum {
     /// SIGTERM arrived.

@@ -51,7 +51,8 @@ public final class UVChildProcess: @unchecked Sendable {
         loop: UVEventLoop,
         pid: Int32,
         backend: Backend,
-        options: UVSpawnOptions,
+        executable: String,
+        detached: Bool,
         strategy: UVSpawnStrategy,
         onExit: @escaping (UVExitStatus) -> Void
     ) {
@@ -59,8 +60,8 @@ public final class UVChildProcess: @unchecked Sendable {
         self.backend = backend
         self.strategy = strategy
         self.pid = pid
-        self.executable = options.executable
-        self.isDetached = options.detached
+        self.executable = executable
+        self.isDetached = detached
         self.onExit = onExit
     }
 

@@ -45,7 +45,13 @@ extension UVEventLoop {
         let handle = UnsafeMutablePointer<uv_process_t>.allocate(capacity: 1)
         handle.initialize(to: uv_process_t())
         let status = Self.withCOptions(options, forLibuv: true) { cOptions in
-            uv_spawn(self.uvLoop, handle, &cOptions)
+            // uv_spawn closes nothing in the child: descriptors that other code left inheritable are made
+            // close-on-exec for the length of the call (uv_spawn returns once the child has called exec).
+            withUnsafeTemporaryAllocation(of: Int32.self, capacity: 4096) { marked in
+                let count = max(0, cws_mark_inheritable_cloexec(3, marked.baseAddress, Int32(marked.count)))
+                defer { cws_unmark_cloexec(marked.baseAddress, count) }
+                return uv_spawn(self.uvLoop, handle, &cOptions)
+            }
         }
         guard status == 0 else {
             // A failed uv_spawn still registered the handle with the loop: close it, never free it directly.
@@ -57,7 +63,8 @@ extension UVEventLoop {
             loop: self,
             pid: handle.pointee.pid,
             backend: .libuv(handle),
-            options: options,
+            executable: options.executable,
+            detached: options.detached,
             strategy: .libuv,
             onExit: onExit
         )
@@ -91,6 +98,17 @@ extension UVEventLoop {
         guard status == 0 else {
             throw UVError(.spawnFailed, errno: status, context: "spawning '\(options.executable)'")
         }
+        return self.watch(pid: pid, pidfd: pidfd, executable: options.executable, detached: options.detached, onExit: onExit)
+    }
+
+    /// Watches a child through its pidfd: reaped by pid when the pidfd becomes readable.
+    private func watch(
+        pid: Int32,
+        pidfd: Int32,
+        executable: String,
+        detached: Bool,
+        onExit: @escaping (UVExitStatus) -> Void
+    ) -> UVChildProcess {
         let poll = UnsafeMutablePointer<uv_poll_t>.allocate(capacity: 1)
         let initStatus = uv_poll_init(self.uvLoop, poll, pidfd)
         precondition(initStatus == 0, "uv_poll_init on a fresh pidfd failed: \(initStatus)")
@@ -98,7 +116,8 @@ extension UVEventLoop {
             loop: self,
             pid: pid,
             backend: .pidfd(poll, pidfd),
-            options: options,
+            executable: executable,
+            detached: detached,
             strategy: .posixSpawn,
             onExit: onExit
         )
@@ -106,6 +125,31 @@ extension UVEventLoop {
         uv_poll_start(poll, Int32(UV_READABLE.rawValue)) { poll, _, _ in
             Unmanaged<UVChildProcess>.fromOpaque(poll!.pointee.data!).takeUnretainedValue().pidfdReadable()
         }
+        return process
+    }
+
+    /// Takes over a child this process started by other means (for example a `fork` in C), given its pid and a
+    /// pidfd for it: the loop reaps it by pid when it exits and reports the exit like a spawned child's. The
+    /// loop owns the pidfd from then on. Loop thread only.
+    ///
+    /// - Parameters:
+    ///   - pid: The child's pid.
+    ///   - pidfd: A pidfd of it (`pidfd_open`).
+    ///   - name: What to call it in messages.
+    ///   - detached: Whether it leads a process group of its own.
+    ///   - onExit: Runs on the loop thread once it was reaped.
+    /// - Throws: ``UVError`` with ``UVError/Code/loopStopped`` once shutdown began.
+    public func adoptChild(
+        pid: Int32,
+        pidfd: Int32,
+        name: String,
+        detached: Bool,
+        onExit: @escaping (UVExitStatus) -> Void = { _ in }
+    ) throws(UVError) -> UVChildProcess {
+        self.preconditionInEventLoop()
+        try self.throwIfStopping("watching process \(pid) (\(name))")
+        let process = self.watch(pid: pid, pidfd: pidfd, executable: name, detached: detached, onExit: onExit)
+        self.liveProcesses[ObjectIdentifier(process)] = process
         return process
     }
 

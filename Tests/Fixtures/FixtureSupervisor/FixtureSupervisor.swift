@@ -16,6 +16,7 @@ import Glibc
 ///        FixtureSupervisor lifetimes N EVERY     (N supervisors one after another, a worker each)
 ///        FixtureSupervisor emfile-retry          (a transient spawn error is retried; a never-restart worker stops)
 ///        FixtureSupervisor cycles N              (N register/exit cycles: descriptors, zombies, slots)
+///        FixtureSupervisor orphans kill|exit     (workers that know nothing of the contract; then waits, or exits)
 @main
 struct FixtureSupervisor {
     static func main() async throws {
@@ -38,6 +39,8 @@ struct FixtureSupervisor {
             try await Self.notifySelf()
         case "emfile-retry":
             try await Self.emfileRetry()
+        case "orphans":
+            try await Self.orphans(exitAtOnce: arguments.dropFirst().first == "exit")
         case "cycles":
             try await Self.cycles(arguments.count > 1 ? Int(arguments[1]) ?? 1000 : 1000)
         case "lifetimes":
@@ -168,6 +171,33 @@ extension FixtureSupervisor {
                 return line.split(separator: ")").last?.split(separator: " ").first == "Z"
             }
             emit("completed \(done) descriptors \(before) \(openDescriptors()) zombies \(zombies.count) slots \(await supervisor.slotsInUse)")
+        }
+    }
+
+    /// Workers that know nothing of the worker contract (a plain program, a shell script with a child of its own in
+    /// its group, a runtime worker): prints every pid to watch, then waits to be killed, or calls `exit(0)`
+    /// without a shutdown.
+    static func orphans(exitAtOnce: Bool) async throws {
+        try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
+            var sleeper = BackgroundWorker(name: "sleeper", entryPoint: .executable("/bin/sleep", arguments: ["1000"]))
+            sleeper.restartInterval = .never
+            let sleeperPid = try await supervisor.register(sleeper).waitForStartup()
+            var shell = BackgroundWorker(
+                name: "shell",
+                entryPoint: .executable("/bin/sh", arguments: ["-c", "sleep 1000 & echo \"ERROR=$!\" >&4; echo READY=1 >&4; wait"])
+            )
+            shell.reportsReadiness = true
+            shell.restartInterval = .never
+            let shellHandle = try await supervisor.register(shell)
+            let shellPid = try await shellHandle.waitForReady()
+            emit("\(sleeperPid)")
+            emit("\(shellPid)")
+            emit(await shellHandle.lastReportedError ?? "no child pid")
+            emit("all ready")
+            if exitAtOnce { exit(0) }
+            let (forever, continuation) = AsyncStream<Void>.makeStream()
+            for await _ in forever {}
+            continuation.finish()
         }
     }
 

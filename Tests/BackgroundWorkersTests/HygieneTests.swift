@@ -1,0 +1,96 @@
+import BackgroundWorkers
+import CWorkerSupport
+import TestSupport
+import Testing
+import UVConcurrency
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension SupervisorTests {
+    /// Workers that cannot outlive or be hurt by their supervisor (issue 10).
+    @Suite("Hygiene: orphans, descriptors, signals (issue 10)")
+    struct HygieneTests {
+        /// Starts the fixture supervisor in `mode` and returns it with the lines it printed up to "all ready".
+        static func startFixture(_ arguments: [String], strategy: UVSpawnStrategy) async throws -> (UVEventLoop, UVChildProcess, [String]) {
+            let loop = try UVEventLoop(name: "fixture")
+            let output = try UVPipePair()
+            var options = UVSpawnOptions(
+                executable: buildDirectory + "/FixtureSupervisor",
+                arguments: arguments,
+                environment: ["PATH": "/usr/bin:/bin", "FIXTURE_SPAWN_STRATEGY": "\(strategy)"],
+                detached: true
+            )
+            options.descriptors = [0: 0, 1: output.writeEnd]
+            let spawnOptions = options
+            let fixture = try await loop.submit { try loop.spawn(spawnOptions) }
+            output.closeWriteEnd()
+            let lines: [String] = try await withCheckedThrowingContinuation { done in
+                loop.execute {
+                    var lines: [String] = []
+                    var finished = false
+                    do {
+                        _ = try loop.readLines(from: output.readEnd) { line in
+                            lines.append(line)
+                            if line == "all ready", !finished {
+                                finished = true
+                                done.resume(returning: lines)
+                            }
+                        } onEnd: { _ in
+                            if !finished {
+                                finished = true
+                                done.resume(returning: lines)
+                            }
+                        }
+                    } catch {
+                        done.resume(throwing: error)
+                    }
+                }
+            }
+            return (loop, fixture, lines)
+        }
+
+        @Test(
+            "no worker of any kind, nor its children, outlives a supervisor that dies without a shutdown",
+            arguments: spawnStrategies, ["kill", "exit"]
+        )
+        func noOrphans(strategy: UVSpawnStrategy, death: String) async throws {
+            let (loop, fixture, lines) = try await Self.startFixture(["orphans", death], strategy: strategy)
+            // The plain program, the shell, and the shell's own child (which knows nothing of descriptor 3).
+            let pids = lines.compactMap { Int32($0) }
+            try #require(pids.count == 3, "\(lines)")
+            if death == "kill" {
+                #expect(try await loop.submit { try fixture.signal(.kill) })
+                #expect(try await fixture.waitForExit() == .signaled(.kill))
+            } else {
+                #expect(try await fixture.waitForExit() == .exited(0))
+            }
+            for pid in pids {
+                #expect(cws_wait_gone(pid, 1000) == 1, "process \(pid) outlived its supervisor by more than a second")
+            }
+            try await loop.shutdown()
+        }
+
+        @Test("a worker gets descriptors 0, 1, 2 and the contract's, none that other code left inheritable", arguments: spawnStrategies)
+        func onlyTheContractsDescriptors(strategy: UVSpawnStrategy) async throws {
+            // Descriptors opened the plain way, without close-on-exec, by "other code" in this process.
+            let file = open("/dev/null", O_RDONLY)
+            var ends: [Int32] = [-1, -1]
+            pipe(&ends)
+            let socket = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            defer { for fd in [file, ends[0], ends[1], socket] { close(fd) } }
+            try #require(file >= 0 && ends[0] >= 0 && socket >= 0)
+            try await withSupervisor(strategy: strategy) { supervisor in
+                // Every descriptor above the contract's, found with stat (listing /proc/$$/fd would open one).
+                let script = #"n=5; extra=""; while [ $n -lt 1024 ]; do [ -e /proc/$$/fd/$n ] && extra="$extra $n"; n=$((n + 1)); done; echo "ERROR=extra:$extra" >&4; exit 0"#
+                var worker = shellWorker("descriptors", script)
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                #expect(try await handle.waitForShutdown() == .stopped)
+                let listed = await handle.lastReportedError
+                #expect(listed == "extra:", "\(String(describing: listed))")
+            }
+        }
+    }
+}
