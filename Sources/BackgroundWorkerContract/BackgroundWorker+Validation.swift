@@ -124,6 +124,40 @@ extension BackgroundWorker {
         guard !label.utf8.contains(0) else {
             throw RegistrationError(workerName: worker, field: field, value: "a string with a NUL byte", rule: "which a worker's environment cannot carry")
         }
+        if let control = label.unicodeScalars.first(where: Self.isControl) {
+            throw RegistrationError(
+                workerName: worker.unicodeScalars.contains(where: Self.isControl) ? Self.visible(worker) : worker,
+                field: field,
+                value: "'\(Self.visible(label))'",
+                rule: "which holds the control character U+\(String(control.value, radix: 16, uppercase: true).leftPadded(to: 4)); names appear in logs, where a newline or an escape sequence would forge lines: use printable characters only"
+            )
+        }
+    }
+}
+
+extension BackgroundWorker {
+    /// C0 and C1 control characters, and the Unicode line and paragraph separators.
+    static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
+    }
+
+    /// The text with its control characters escaped, for an error message.
+    static func visible(_ text: String) -> String {
+        var result = ""
+        for scalar in text.unicodeScalars {
+            if Self.isControl(scalar) {
+                result += "\\u{\(String(scalar.value, radix: 16))}"
+            } else {
+                result.unicodeScalars.append(scalar)
+            }
+        }
+        return result
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to width: Int) -> String {
+        String(repeating: "0", count: max(0, width - self.count)) + self
     }
 }
 

@@ -1,5 +1,9 @@
 import CLibUV
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The one error type of `UVConcurrency`: what failed, the system error behind it, and a sentence a person
 /// can act on.
 ///
@@ -82,6 +86,9 @@ public struct UVError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The symbolic name of ``errno``, such as `ENOENT`, or an empty string when ``errno`` is 0.
     public var errnoName: String {
         guard self.errno != 0 else { return "" }
+        // libuv names only the errors it returns itself; the kernel's others get their own names here.
+        if self.errno == ENOEXEC { return "ENOEXEC" }
+        if self.errno == ETXTBSY { return "ETXTBSY" }
         return String(cString: uv_err_name(-self.errno))
     }
 
@@ -89,7 +96,10 @@ public struct UVError: Error, Hashable, Sendable, CustomStringConvertible {
     /// `spawnFailed: spawning '/no/such' failed: ENOENT (no such file or directory)`.
     public var description: String {
         guard self.errno != 0 else { return "\(self.code): \(self.context)" }
-        let message = String(cString: uv_strerror(-self.errno))
+        var message = String(cString: strerror(self.errno)).lowercased()
+        if self.code == .spawnFailed && self.errno == ENOEXEC {
+            message += ": not an executable format; a script without a #! line?"
+        }
         return "\(self.code): \(self.context): \(self.errnoName) (\(message))"
     }
 }

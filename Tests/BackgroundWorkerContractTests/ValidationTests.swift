@@ -53,6 +53,22 @@ struct ValidationTests {
         #expect(refusal(typed)?.field == "type")
     }
 
+    @Test("names with control characters are refused: a newline would forge a log line")
+    func controlCharactersInNames() {
+        let forged = refusal(BackgroundWorker(name: "x\n2026-11-30T00:00:00+0000 critical forged", entryPoint: Self.entry))
+        #expect(forged?.field == "name")
+        #expect(forged?.description.contains("U+000A") == true)
+        #expect(forged?.description.contains("\n") == false)  // the message itself forges nothing
+        for control in ["\u{1B}[2J", "tab\there", "del\u{7F}", "c1\u{85}", "line\u{2028}sep"] {
+            #expect(refusal(BackgroundWorker(name: control, entryPoint: Self.entry))?.field == "name", "\(control.debugDescription)")
+        }
+        var typed = BackgroundWorker(name: "ok", entryPoint: Self.entry)
+        typed.type = "a\rb"
+        #expect(refusal(typed)?.field == "type")
+        #expect(refusal(BackgroundWorker(name: "ok", entryPoint: .builtin("a\nb")))?.field == "entryPoint.builtin")
+        #expect(refusal(BackgroundWorker(name: "índexer ✓ 日本", entryPoint: Self.entry)) == nil)  // printable Unicode is fine
+    }
+
     @Test("PG-4: the database flag needs shared memory and a start time after supervisor start")
     func databaseFlagRules() {
         var worker = BackgroundWorker(name: "db", entryPoint: Self.entry)

@@ -92,5 +92,55 @@ extension SupervisorTests {
                 #expect(listed == "extra:", "\(String(describing: listed))")
             }
         }
+
+        @Test("what can be known at registration is refused then, naming the field and how to fix it")
+        func entryPointsCheckedAtRegistration() async throws {
+            let script = "/tmp/bgw-not-executable-\(getpid())"
+            try #require(FileManagerLite.writeExecutable(script, "#!/bin/sh\nexit 0\n", mode: 0o644))
+            defer { unlink(script) }
+            var configuration = WorkerSupervisor.Configuration()
+            configuration.hostExecutable = "/no/such/bgworker-host"
+            try await withWorkerSupervisor(configuration: configuration) { supervisor in
+                let cases: [(BackgroundWorker.EntryPoint, String, String)] = [
+                    (.executable("/no/such/program"), "entryPoint.executable", "does not exist"),
+                    (.executable("/tmp"), "entryPoint.executable", "is a directory, not a program"),
+                    (.executable(script), "entryPoint.executable", "may not be executed by this supervisor's user (mode 644)"),
+                    (.executable("no-such-program-\(getpid())"), "entryPoint.executable", "not an executable file in any directory of the worker's PATH"),
+                    (.executable("/bin/true", workingDirectory: "/no/such/directory"), "entryPoint.workingDirectory", "does not exist"),
+                    (.executable("/bin/true", workingDirectory: "/bin/true"), "entryPoint.workingDirectory", "is not a directory"),
+                    (.library("libExampleLibraryWorker.so", function: "f"), "entryPoint.library", "swift build --product bgworker-host"),
+                ]
+                for (entry, field, words) in cases {
+                    let error = await refusal(supervisor, BackgroundWorker(name: "checked", entryPoint: entry))
+                    #expect(error?.code == .invalidRegistration, "\(entry)")
+                    #expect(error?.registrationError?.field == field, "\(entry)")
+                    #expect(error?.message.contains(words) == true, "\(entry): \(String(describing: error))")
+                }
+                #expect(await supervisor.slotsInUse == 0)
+                // Found in PATH, relative to the working directory: accepted.
+                _ = try await supervisor.register(BackgroundWorker(name: "in-path", entryPoint: .executable("true")))
+                _ = try await supervisor.register(BackgroundWorker(name: "relative", entryPoint: .executable("./true", workingDirectory: "/bin")))
+            }
+        }
+
+        @Test("a program without a #! line fails as 'not an executable format', not as an unknown error")
+        func notAnExecutableFormat() async throws {
+            let path = "/tmp/bgw-no-shebang-\(getpid())"
+            try #require(FileManagerLite.writeExecutable(path, "echo no interpreter line\n"))
+            defer { unlink(path) }
+            try await withSupervisor(strategy: .posixSpawn) { supervisor in
+                var worker = BackgroundWorker(name: "no-shebang", entryPoint: .executable(path))
+                worker.restartInterval = .never
+                let handle = try await supervisor.register(worker)
+                #expect(try await handle.waitForShutdown() == .stopped)
+                let detail = await handle.detail
+                guard case .unregistered(let reason, _) = detail else {
+                    Issue.record("\(detail)")
+                    return
+                }
+                #expect(reason.spawnError?.errno == ENOEXEC)
+                #expect(detail.description.contains("ENOEXEC (exec format error: not an executable format; a script without a #! line?)"), "\(detail)")
+            }
+        }
     }
 }

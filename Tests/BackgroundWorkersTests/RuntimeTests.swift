@@ -255,12 +255,22 @@ extension SupervisorTests {
                 let reported = await noFunction.lastReportedError ?? ""
                 #expect(reported.contains("libExampleLibraryWorker.so") && reported.contains("no_such_function"))
 
+                // A library that does not exist is refused at registration, naming it.
                 missing.entryPoint = .library("libNoSuchLibrary.so", function: "library_worker_main")
+                let refused = await refusal(supervisor, missing)
+                #expect(refused?.registrationError?.field == "entryPoint.library")
+                #expect(refused?.message.contains("libNoSuchLibrary.so") == true)
+
+                // One that exists but cannot be loaded: bgworker-host reports why.
+                let garbage = "/tmp/libNotALibrary-\(getpid()).so"
+                try #require(FileManagerLite.writeExecutable(garbage, "not an ELF file\n", mode: 0o644))
+                defer { unlink(garbage) }
+                missing.entryPoint = .library(garbage, function: "library_worker_main")
                 let noLibrary = try await supervisor.register(missing)
                 #expect(try await noLibrary.waitForShutdown() == .stopped)
                 #expect(await noLibrary.detail == .unregistered(.noRestart, lastExit: .exited(1)))
                 let unloadable = await noLibrary.lastReportedError ?? ""
-                #expect(unloadable.contains("libNoSuchLibrary.so") && unloadable.contains("library_worker_main"))
+                #expect(unloadable.contains("libNotALibrary") && unloadable.contains("library_worker_main"))
             }
         }
 

@@ -92,24 +92,30 @@ extension SupervisorTests {
 
         @Test("PG-10: a permanent spawn error stops the worker with the error in its status, no retry", arguments: spawnStrategies)
         func permanentSpawnError(strategy: UVSpawnStrategy) async throws {
-            try await withSupervisor(strategy: strategy) { supervisor in
-                var worker = BackgroundWorker(name: "missing", entryPoint: .executable("/no/such/worker"))
-                worker.restartInterval = .seconds(0)
-                let handle = try await supervisor.register(worker)
-                do {
-                    _ = try await handle.waitForStartup()
-                    Issue.record("a missing executable started")
-                } catch let error as SupervisorError {
-                    #expect(error.code == .workerStopped)
-                    guard case .unregistered(let reason, _) = error.detail else {
-                        Issue.record("detail \(String(describing: error.detail))")
-                        return
-                    }
+            // A program that exists at registration (checked then) and is gone when the supervisor starts it.
+            let path = "/tmp/bgw-vanishing-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try #require(FileManagerLite.writeExecutable(path, "#!/bin/sh\nexit 0\n"))
+            let supervisor = try WorkerSupervisor(configuration: .testing(strategy))
+            var worker = BackgroundWorker(name: "missing", entryPoint: .executable(path))
+            worker.restartInterval = .seconds(0)
+            let handle = try await supervisor.register(worker)
+            unlink(path)
+            let runner = Task { try await supervisor.run() }
+            do {
+                _ = try await handle.waitForStartup()
+                Issue.record("a missing executable started")
+            } catch let error as SupervisorError {
+                #expect(error.code == .workerStopped)
+                if case .unregistered(let reason, _) = error.detail {
                     #expect(reason.spawnError?.errno == ENOENT)
+                } else {
+                    Issue.record("detail \(String(describing: error.detail))")
                 }
-                #expect(await handle.status == .stopped)
-                #expect(await supervisor.slotsInUse == 0)
             }
+            #expect(await handle.status == .stopped)
+            #expect(await supervisor.slotsInUse == 0)
+            await supervisor.shutdown(.fast)
+            try await runner.value
         }
     }
 

@@ -380,3 +380,15 @@ func runFixture(
         throw error
     }
 }
+
+/// Writes small files for tests, without Foundation.
+enum FileManagerLite {
+    /// Writes `contents` to `path` with mode 0755; false on failure.
+    static func writeExecutable(_ path: String, _ contents: String, mode: mode_t = 0o755) -> Bool {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        let bytes = Array(contents.utf8)
+        return bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count && fchmod(fd, mode) == 0
+    }
+}

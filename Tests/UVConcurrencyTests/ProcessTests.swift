@@ -69,6 +69,25 @@ extension UVConcurrencyTests {
             }
         }
 
+        @Test("a missing working directory is named as the missing file", arguments: Self.strategies)
+        func missingWorkingDirectory(strategy: UVSpawnStrategy) async throws {
+            try await withLoop { loop async throws in
+                var options = Self.program("/bin/true", strategy)
+                options.workingDirectory = "/no/such/directory"
+                let spawnOptions = options
+                let error = try await loop.submit { () -> UVError? in
+                    do throws(UVError) {
+                        try loop.spawn(spawnOptions)
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+                #expect(error?.errno == ENOENT)
+                #expect(error?.context == "spawning '/bin/true' in working directory '/no/such/directory', which does not exist")
+            }
+        }
+
         @Test("a file that is not executable is a synchronous EACCES error", arguments: Self.strategies)
         func notExecutable(strategy: UVSpawnStrategy) async throws {
             // mkstemp makes a file with mode 0600: not executable, even for root.

@@ -78,10 +78,12 @@ struct SupervisorStateMachine {
     // MARK: - Registration (PG-2–5, 18)
 
     /// Registers a worker: static before `run()`, dynamic after. Starts it at once when its phase is reached.
-    /// Refusals change nothing (a refusal at shutdown wakes a notifiable notify pid, PG-17).
+    /// Refusals change nothing (a refusal at shutdown wakes a notifiable notify pid, PG-17). `check` looks at
+    /// what the rules cannot see (whether the entry point's files exist), after the rules passed.
     mutating func register(
         _ worker: BackgroundWorker,
         _ readings: Readings,
+        check: (BackgroundWorker) throws(RegistrationError) -> Void = { _ in },
         _ actions: inout [SupervisorAction]
     ) -> Result<WorkerID, SupervisorError> {
         let isStatic: Bool
@@ -98,6 +100,7 @@ struct SupervisorStateMachine {
         }
         do {
             try worker.validate(isStatic: isStatic)
+            try check(worker)
         } catch {
             return .failure(SupervisorError(.invalidRegistration, error.description, registrationError: error))
         }

@@ -148,7 +148,7 @@ public actor WorkerSupervisor {
     ///   notify pid, if any, gets SIGUSR1). Nothing changes when it throws.
     public func register(_ worker: BackgroundWorker) throws(SupervisorError) -> BackgroundWorkerHandle {
         var actions: [SupervisorAction] = []
-        let result = self.machine.register(worker, self.readings(), &actions)
+        let result = self.machine.register(worker, self.readings(), check: self.checkEntryPoint, &actions)
         switch result {
         case .success(let id):
             let record = WorkerRecord()

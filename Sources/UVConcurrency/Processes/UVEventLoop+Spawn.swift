@@ -57,7 +57,7 @@ extension UVEventLoop {
             // A failed uv_spawn still registered the handle with the loop: close it, never free it directly.
             handle.pointee.data = nil
             uvCloseReleasingOwner(handle)
-            throw UVError(.spawnFailed, uvStatus: status, context: "spawning '\(options.executable)'")
+            throw UVError(.spawnFailed, uvStatus: status, context: Self.spawnContext(options, errno: -status))
         }
         let process = UVChildProcess(
             loop: self,
@@ -96,7 +96,7 @@ extension UVEventLoop {
             )
         }
         guard status == 0 else {
-            throw UVError(.spawnFailed, errno: status, context: "spawning '\(options.executable)'")
+            throw UVError(.spawnFailed, errno: status, context: Self.spawnContext(options, errno: status))
         }
         return self.watch(pid: pid, pidfd: pidfd, executable: options.executable, detached: options.detached, onExit: onExit)
     }
@@ -151,6 +151,15 @@ extension UVEventLoop {
         let process = self.watch(pid: pid, pidfd: pidfd, executable: name, detached: detached, onExit: onExit)
         self.liveProcesses[ObjectIdentifier(process)] = process
         return process
+    }
+
+    /// What failed, for the error: a missing working directory reads as ENOENT too, so it is named when it is
+    /// the missing one.
+    static func spawnContext(_ options: UVSpawnOptions, errno: Int32) -> String {
+        if errno == ENOENT, let directory = options.workingDirectory, access(directory, F_OK) != 0 {
+            return "spawning '\(options.executable)' in working directory '\(directory)', which does not exist"
+        }
+        return "spawning '\(options.executable)'"
     }
 
     /// Starts a child process from any task: hops to the loop thread, spawns, and returns the process.

@@ -1,0 +1,84 @@
+import BackgroundWorkerContract
+import UVConcurrency
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension WorkerSupervisor {
+    /// Refuses at registration, naming the field, what can be known then to keep a worker from starting: an
+    /// executable that does not exist, is a directory or may not be executed, one not found in `PATH`, a
+    /// working directory that does not exist, a missing `bgworker-host` or library. A file that goes away after
+    /// the registration still fails at spawn, and the handle says so.
+    func checkEntryPoint(_ worker: BackgroundWorker) throws(RegistrationError) {
+        func refuse(_ field: String, _ value: String, _ rule: String) -> RegistrationError {
+            RegistrationError(workerName: worker.name, field: field, value: value, rule: rule)
+        }
+        let entry = worker.entryPoint
+        if let library = entry.library {
+            let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
+            if let problem = Self.executableProblem(host) {
+                throw refuse(
+                    "entryPoint.library",
+                    "'\(library.path)'",
+                    "but bgworker-host, which runs library entry points, \(problem) at '\(host)'. SwiftPM builds only the root package's executables: build it with `swift build --product bgworker-host` in the swift-background-workers checkout and set Configuration.hostExecutable to the built file"
+                )
+            }
+            let directory = self.configuration.libraryDirectory ?? Self.executableDirectory
+            let path = library.path.contains("/") ? library.path : directory + "/" + library.path
+            if let kind = Self.fileKind(path), kind != S_IFREG {
+                throw refuse("entryPoint.library", "'\(path)'", "which is not a file")
+            } else if Self.fileKind(path) == nil {
+                throw refuse("entryPoint.library", "'\(path)'", "which does not exist; name the shared library by its path, or put it in Configuration.libraryDirectory (\(directory))")
+            }
+            return
+        }
+        guard let executable = entry.executable else { return }  // built-in: this very binary
+        if let directory = executable.workingDirectory {
+            switch Self.fileKind(directory) {
+            case nil:
+                throw refuse("entryPoint.workingDirectory", "'\(directory)'", "which does not exist")
+            case let kind? where kind != S_IFDIR:
+                throw refuse("entryPoint.workingDirectory", "'\(directory)'", "which is not a directory")
+            default:
+                break
+            }
+        }
+        if executable.path.contains("/") {
+            let base = executable.workingDirectory ?? "."
+            let path = executable.path.hasPrefix("/") ? executable.path : base + "/" + executable.path
+            if let problem = Self.executableProblem(path) {
+                throw refuse("entryPoint.executable", "'\(executable.path)'", "which \(problem)")
+            }
+        } else {
+            let search = executable.environment["PATH"] ?? self.baseEnvironment.variables["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+            let found = search.split(separator: ":").contains { directory in
+                Self.executableProblem(directory + "/" + executable.path) == nil
+            }
+            guard found else {
+                throw refuse("entryPoint.executable", "'\(executable.path)'", "which is not an executable file in any directory of the worker's PATH (\(search)); give its full path")
+            }
+        }
+    }
+
+    /// The `S_IFMT` bits of a path's file, following links; nil when nothing is there.
+    static func fileKind(_ path: String) -> mode_t? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return info.st_mode & S_IFMT
+    }
+
+    /// Why `path` cannot be executed by this process, or nil when it can.
+    static func executableProblem(_ path: String) -> String? {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            return errno == ENOENT || errno == ENOTDIR ? "does not exist" : "cannot be read (\(String(cString: strerror(errno))))"
+        }
+        if info.st_mode & S_IFMT == S_IFDIR { return "is a directory, not a program" }
+        guard info.st_mode & S_IFMT == S_IFREG else { return "is not a regular file" }
+        guard access(path, X_OK) == 0 else {
+            return "may not be executed by this supervisor's user (mode \(String(info.st_mode & 0o7777, radix: 8))); make it executable"
+        }
+        return nil
+    }
+}
