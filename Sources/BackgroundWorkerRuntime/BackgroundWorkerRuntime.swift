@@ -97,12 +97,45 @@ public enum BackgroundWorkerRuntime {
             Self.printError("\(error)")
             exit(Self.notStartedBySupervisorExitCode)
         }
+        // Before this process opens anything of its own: a descriptor it opened could take the number of a
+        // closed contract descriptor and be mistaken for it (its own watch pipe watched as descriptor 3).
+        if let problem = Self.descriptorProblem(identity) {
+            Self.printError("worker '\(identity.name)': \(problem); it was not started as the worker process contract says")
+            exit(Self.notStartedBySupervisorExitCode)
+        }
         do {
             return try Runtime(identity: identity, exitOnTerminate: exitOnTerminate, body: body)
         } catch {
             Self.printError("worker '\(identity.name)': \(error)")
             exit(1)
         }
+    }
+
+    /// What is wrong with the descriptors the contract names, or nil: each must be above standard error, open,
+    /// of the right kind (pipes for descriptors 3 and 4, a file for shared memory), and distinct.
+    static func descriptorProblem(_ identity: WorkerProcessContract.Identity) -> String? {
+        func check(_ variable: String, _ fd: Int32, pipe: Bool) -> String? {
+            guard fd > 2 else { return "\(variable) is \(fd), not a descriptor above standard error" }
+            var info = stat()
+            guard fstat(fd, &info) == 0 else { return "\(variable) is \(fd), which is not open" }
+            let kind = info.st_mode & S_IFMT
+            if pipe && kind != S_IFIFO { return "\(variable) is \(fd), which is not a pipe" }
+            if !pipe && kind != S_IFREG { return "\(variable) is \(fd), which is not a shared-memory file" }
+            return nil
+        }
+        let variables = WorkerProcessContract.Variable.self
+        if let problem = check(variables.aliveDescriptor, identity.aliveDescriptor, pipe: true) { return problem }
+        if let status = identity.statusDescriptor {
+            if let problem = check(variables.statusDescriptor, status, pipe: true) { return problem }
+            if status == identity.aliveDescriptor { return "\(variables.statusDescriptor) and \(variables.aliveDescriptor) are both \(status)" }
+        }
+        if let readiness = identity.readinessDescriptor, readiness != identity.statusDescriptor {
+            if let problem = check(variables.readinessDescriptor, readiness, pipe: true) { return problem }
+        }
+        if let sharedMemory = identity.sharedMemory {
+            if let problem = check(variables.sharedMemoryDescriptor, sharedMemory.descriptor, pipe: false) { return problem }
+        }
+        return nil
     }
 
     /// Flushes standard output and error, then ends the process without running exit handlers: the worker is

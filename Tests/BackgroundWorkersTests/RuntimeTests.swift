@@ -155,6 +155,52 @@ extension SupervisorTests {
             try await loop.shutdown()
         }
 
+        @Test(
+            "the runtime checks the contract's descriptors before it opens anything: a bad one exits 78 naming it",
+            arguments: [("3", "closed"), ("-1", "open"), ("1", "open"), ("99999", "open"), ("3", "file")]
+        )
+        func badDescriptorsExit78(aliveVariable: String, descriptorThree: String) async throws {
+            let loop = try UVEventLoop(name: "bad-descriptors")
+            let output = try UVPipePair()
+            let readiness = try UVPipePair()
+            let alive = try UVPipePair()
+            defer { readiness.close(); alive.close() }
+            var environment = ["PATH": "/usr/bin:/bin"]
+            let identity = WorkerProcessContract.Identity(
+                worker: BackgroundWorker(name: "misstarted", entryPoint: .executable(Self.workerPath)),
+                slot: 0,
+                generation: 1,
+                supervisorPID: getpid(),
+                reportsReadiness: true
+            )
+            environment.merge(identity.environment) { _, new in new }
+            environment[WorkerProcessContract.Variable.aliveDescriptor] = aliveVariable
+            let file = open("/proc/self/exe", O_RDONLY | O_CLOEXEC)  // a regular file, not a pipe
+            defer { close(file) }
+            var options = UVSpawnOptions(executable: Self.workerPath, arguments: ["serve"], environment: environment, detached: true)
+            options.descriptors = [0: 0, 1: output.writeEnd, 2: output.writeEnd, 4: readiness.writeEnd]
+            switch descriptorThree {
+            case "open": options.descriptors[3] = alive.readEnd
+            case "file": options.descriptors[3] = file
+            default: break  // closed: the runtime's own first descriptor would get number 3
+            }
+            let spawnOptions = options
+            let lines = Collector<String>()
+            let worker = try await loop.submit { try loop.spawn(spawnOptions) }
+            output.closeWriteEnd()
+            let reader = try await loop.submit { try loop.readLines(from: output.readEnd) { lines.append($0) } onEnd: { _ in } }
+            // Bounded: a worker that watches its own pipe as descriptor 3 never exits by itself.
+            #expect(cws_wait_gone(worker.pid, 30_000) == 1, "the worker did not exit")
+            if cws_wait_gone(worker.pid, 0) != 1 { _ = try await loop.submit { try worker.signalGroup(.kill) } }
+            let status = try await worker.waitForExit()
+            try await loop.submit { reader.drainAndClose() }
+            try await loop.shutdown()
+            let text = lines.all.joined(separator: " ")
+            #expect(status == .exited(78), "\(text)")
+            #expect(text.contains("BGW_ALIVE_FD is \(aliveVariable)"), "\(text)")
+            #expect(text.contains("not started as the worker process contract says"), "\(text)")
+        }
+
         @Test("a supervisor killed with SIGKILL leaves no worker behind: each is gone within a second")
         func noOrphansAfterSupervisorKill() async throws {
             let directory = Self.workerPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
