@@ -1,7 +1,7 @@
 extension BackgroundWorker {
     private enum CodingKeys: String, CodingKey {
         case name, type, flags, startTime, restartInterval, entryPoint, mainArgument, extra, notifyPID
-        case stopGracePeriod, restartBackoff, restartThrottle, restartBudget, reportsReadiness
+        case stopGracePeriod, restartBackoff, restartThrottle, restartBudget, reportsReadiness, user, group
     }
 
     /// Decodes a registration. Fields left out take the defaults of ``init(name:entryPoint:)``; in particular a
@@ -26,6 +26,8 @@ extension BackgroundWorker {
         }
         self.restartBudget = try container.decodeIfPresent(RestartBudget.self, forKey: .restartBudget)
         self.reportsReadiness = try container.decodeIfPresent(Bool.self, forKey: .reportsReadiness) ?? self.reportsReadiness
+        self.user = try container.decodeIfPresent(String.self, forKey: .user)
+        self.group = try container.decodeIfPresent(String.self, forKey: .group)
     }
 
     /// Encodes a registration; a turned-off ``restartThrottle`` is written as an explicit `null`.
@@ -45,5 +47,7 @@ extension BackgroundWorker {
         try container.encode(self.restartThrottle, forKey: .restartThrottle)
         try container.encodeIfPresent(self.restartBudget, forKey: .restartBudget)
         try container.encode(self.reportsReadiness, forKey: .reportsReadiness)
+        try container.encodeIfPresent(self.user, forKey: .user)
+        try container.encodeIfPresent(self.group, forKey: .group)
     }
 }

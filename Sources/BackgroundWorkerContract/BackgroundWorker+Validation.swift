@@ -105,6 +105,9 @@ extension BackgroundWorker {
             }
         }
 
+        if let user = self.user { try Self.checkLabel(user, field: "user", worker: self.name) }
+        if let group = self.group { try Self.checkLabel(group, field: "group", worker: self.name) }
+
         try self.entryPoint.validate(worker: self.name)
     }
 

@@ -45,6 +45,13 @@ public struct BackgroundWorker: Sendable, Hashable, Codable {
     /// Whether the worker reports readiness through its readiness descriptor (a `READY=1` line), so that
     /// `waitForReady()` means the worker said so.
     public var reportsReadiness: Bool
+    /// The user the worker runs as (a name, or a numeric id); `nil` keeps the supervisor's. Needs a supervisor
+    /// running as root. This is the real isolation boundary between workers: processes of one user can reach
+    /// each other's memory and descriptors (`/proc/PID/fd`, `ptrace`), whatever flags they were given.
+    public var user: String?
+    /// The group the worker runs as (a name, or a numeric id); `nil` is the user's primary group when ``user``
+    /// is set, the supervisor's otherwise. Needs a supervisor running as root.
+    public var group: String?
 
     /// The longest name, and type, in bytes of UTF-8: PostgreSQL's `BGW_MAXLEN` (64) less the terminating NUL.
     public static let maxNameLength = 63
@@ -71,6 +78,8 @@ public struct BackgroundWorker: Sendable, Hashable, Codable {
         self.restartThrottle = .default
         self.restartBudget = nil
         self.reportsReadiness = false
+        self.user = nil
+        self.group = nil
     }
 
     /// ``type``, or ``name`` when no type was given.
@@ -91,6 +100,11 @@ extension BackgroundWorker {
         /// `BGWORKER_SHMEM_ACCESS`: the worker shares the supervisor's state. It receives the shared-memory
         /// segment, and its crash (an exit other than 0 or 1, or death by a signal) resets every such worker.
         /// A worker without it is crash-isolated: any non-zero exit only restarts itself.
+        ///
+        /// The flag decides who is *given* the segment and whose crash resets whom; it is not a security
+        /// boundary. The segment is mode 0600 and sealed against resizing, but any process of the supervisor's
+        /// user can open it through `/proc/PID/fd`: on Linux one user is one trust domain. To keep a worker
+        /// out, run it as another user (``BackgroundWorker/user``).
         public static let sharedMemoryAccess = Flags(rawValue: 0x0001)
         /// `BGWORKER_BACKEND_DATABASE_CONNECTION`: the worker may open a PostgreSQL connection. Requires
         /// ``sharedMemoryAccess`` and a start time after ``StartTime/supervisorStart``.

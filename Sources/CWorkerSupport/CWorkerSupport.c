@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <poll.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -221,9 +222,11 @@ int cws_reap(pid_t pid, int *exit_code, int *signal) {
 }
 
 int cws_memfd(const char *name, uint64_t size) {
-    int fd = memfd_create(name, MFD_CLOEXEC);
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return -errno;
-    if (ftruncate(fd, (off_t)size) != 0) {
+    // Owner only (a memfd starts 0777), and no worker may shrink it under another's mapping (SIGBUS) or grow it.
+    if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)size) != 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
         int err = errno;
         close(fd);
         return -err;

@@ -142,5 +142,52 @@ extension SupervisorTests {
                 #expect(detail.description.contains("ENOEXEC (exec format error: not an executable format; a script without a #! line?)"), "\(detail)")
             }
         }
+
+        @Test(
+            "a worker can run as another user: the real boundary, which a shared-memory flag is not",
+            arguments: [UVSpawnStrategy.automatic, .libuv]
+        )
+        func workerAsAnotherUser(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
+                // The segment, as a worker of the supervisor's own user could reach it without the flag.
+                let probe = #"""
+                    id=$(id -u):$(id -g); fd=""; for f in /proc/$BGW_SUPERVISOR_PID/fd/*; do case $(readlink "$f") in *bgworker-shm*) fd=$f;; esac; done
+                    if [ -n "$fd" ] && [ -r "$fd" ]; then reach=readable; else reach=unreachable; fi
+                    echo "ERROR=$id $reach" >&4; exit 0
+                    """#
+                var worker = shellWorker("unprivileged", probe)
+                worker.reportsReadiness = true
+                worker.user = "nobody"
+                guard geteuid() == 0 else {
+                    let error = await refusal(supervisor, worker)
+                    #expect(error?.registrationError?.field == "user")
+                    #expect(error?.message.contains("needs a supervisor running as root") == true)
+                    return
+                }
+                let handle = try await supervisor.register(worker)
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await handle.lastReportedError == "65534:65534 unreachable")
+                // The supervisor's own user (root here) reaches it: one user is one trust domain.
+                worker.user = nil
+                worker.name = "privileged"
+                let same = try await supervisor.register(worker)
+                #expect(try await same.waitForShutdown() == .stopped)
+                #expect(await same.lastReportedError == "0:0 readable")
+
+                worker.user = "no-such-user-\(getpid())"
+                #expect(await refusal(supervisor, worker)?.registrationError?.field == "user")
+                worker.user = "nobody"
+                worker.group = "no-such-group-\(getpid())"
+                #expect(await refusal(supervisor, worker)?.registrationError?.field == "group")
+            }
+            // posix_spawn cannot switch users: refused at registration, naming the way out.
+            try await withSupervisor(strategy: .posixSpawn) { supervisor in
+                var worker = shellWorker("unprivileged", "exit 0")
+                worker.user = "nobody"
+                let error = await refusal(supervisor, worker)
+                #expect(error?.registrationError?.field == "user")
+                #expect(geteuid() != 0 || error?.message.contains("posixSpawn strategy cannot switch user") == true)
+            }
+        }
     }
 }

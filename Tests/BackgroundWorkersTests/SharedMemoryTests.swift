@@ -51,6 +51,26 @@ extension SupervisorTests {
             }
         }
 
+        @Test("the segment is its owner's only (mode 0600) and sealed: no worker can shrink or grow it")
+        func segmentIsPrivateAndSealed() async throws {
+            try await withSupervisor { supervisor in
+                // Ready only if the mode is 0600 and both resizes are refused (EPERM, the seals).
+                let checker = try await supervisor.register(Self.pythonWorker("sealed", shared: true, """
+                    import stat
+                    fd = int(os.environ["BGW_SHM_FD"]); size = int(os.environ["BGW_SHM_SIZE"])
+                    if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600: raise SystemExit(3)
+                    for wanted in (size // 2, size * 2):
+                        try:
+                            os.ftruncate(fd, wanted)
+                            raise SystemExit(4)
+                        except PermissionError:
+                            pass
+                    ready()
+                    """))
+                _ = try await checker.waitForReady()
+            }
+        }
+
         @Test("a crash reset replaces the segment with a zeroed one")
         func crashResetClearsSharedMemory() async throws {
             try await withSupervisor { supervisor in

@@ -14,6 +14,7 @@ extension WorkerSupervisor {
         func refuse(_ field: String, _ value: String, _ rule: String) -> RegistrationError {
             RegistrationError(workerName: worker.name, field: field, value: value, rule: rule)
         }
+        _ = try Self.identity(of: worker, strategy: self.configuration.spawnStrategy)
         let entry = worker.entryPoint
         if let library = entry.library {
             let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
@@ -59,6 +60,47 @@ extension WorkerSupervisor {
                 throw refuse("entryPoint.executable", "'\(executable.path)'", "which is not an executable file in any directory of the worker's PATH (\(search)); give its full path")
             }
         }
+    }
+
+    /// The user and group ids a worker runs as, or nil to keep the supervisor's: resolved from names or
+    /// numbers, refused when this process cannot switch to them.
+    static func identity(of worker: BackgroundWorker, strategy: UVSpawnStrategy) throws(RegistrationError) -> (uid: UInt32, gid: UInt32)? {
+        guard worker.user != nil || worker.group != nil else { return nil }
+        func refuse(_ field: String, _ value: String, _ rule: String) -> RegistrationError {
+            RegistrationError(workerName: worker.name, field: field, value: value, rule: rule)
+        }
+        let field = worker.user != nil ? "user" : "group"
+        let value = worker.user ?? worker.group!
+        guard geteuid() == 0 else {
+            throw refuse(field, "'\(value)'", "but running a worker as another user or group needs a supervisor running as root; this one runs as uid \(geteuid())")
+        }
+        guard strategy != .posixSpawn else {
+            throw refuse(field, "'\(value)'", "but the posixSpawn strategy cannot switch user or group; use .automatic or .libuv")
+        }
+        var uid = getuid()
+        var gid = getgid()
+        if let user = worker.user {
+            if let entry = user.withCString({ getpwnam($0) }) ?? UInt32(user).flatMap({ getpwuid($0) }) {
+                uid = entry.pointee.pw_uid
+                gid = entry.pointee.pw_gid
+            } else if let number = UInt32(user) {
+                // A numeric id without a passwd entry, as chown allows: its group is the same number.
+                uid = number
+                gid = number
+            } else {
+                throw refuse("user", "'\(user)'", "which is not a user of this system")
+            }
+        }
+        if let group = worker.group {
+            if let entry = group.withCString({ getgrnam($0) }) {
+                gid = entry.pointee.gr_gid
+            } else if let number = UInt32(group) {
+                gid = number
+            } else {
+                throw refuse("group", "'\(group)'", "which is not a group of this system")
+            }
+        }
+        return (uid, gid)
     }
 
     /// The `S_IFMT` bits of a path's file, following links; nil when nothing is there.

@@ -50,6 +50,15 @@ extension WorkerSupervisor {
         )
         options.baseEnvironment = self.baseEnvironment
         options.strategy = self.configuration.spawnStrategy
+        do {
+            if let ids = try Self.identity(of: worker.registration, strategy: options.strategy) {
+                options.userID = ids.uid
+                options.groupID = ids.gid
+            }
+        } catch {
+            // Checked at registration; a user removed since cannot be had now.
+            return .spawnFailed(UVError(.invalidArgument, context: error.description))
+        }
         options.argumentZero = worker.registration.name
         options.descriptors[WorkerProcessContract.aliveDescriptor] = self.alivePipe.readEnd
         if worker.usesSharedMemory, let segment = self.sharedMemory {

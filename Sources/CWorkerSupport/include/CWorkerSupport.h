@@ -64,8 +64,9 @@ int cws_spawn(const char *file, char *const argv[], char *const envp[], const ch
               int search_path, const int *child_fds, const int *parent_fds, int fd_count, pid_t *pid_out,
               int *pidfd_out);
 
-/// Creates an anonymous shared-memory file of `size` bytes, zero-filled and close-on-exec (`memfd_create`,
-/// named `name` in /proc/PID/fd, then `ftruncate`). Returns the descriptor or -errno.
+/// Creates an anonymous shared-memory file of `size` bytes, zero-filled, close-on-exec, mode 0600, and sealed
+/// against shrinking, growing and further seals (`memfd_create`, named `name` in /proc/PID/fd). Returns the
+/// descriptor or -errno.
 int cws_memfd(const char *name, uint64_t size);
 
 /// Waits up to `timeout_ms` for process `pid` (any process, not only a child) to end, through a pidfd.
