@@ -23,6 +23,10 @@ struct SwiftWorker: BackgroundWorkerMain {
             return
         case "throw":
             throw Failure()
+        case "notified":  // ready, then exits 0 at its first SIGUSR1 notification
+            try worker.reportReady()
+            for await _ in worker.notifications { return }
+            throw Failure()
         case "shm-write":  // writes its main argument at offset 0 of shared memory, then serves
             try worker.sharedMemory().storeBytes(of: worker.identity.mainArgument, toByteOffset: 0, as: UInt64.self)
             try worker.reportReady()

@@ -6,6 +6,8 @@ readiness on descriptor 4, then works until one of three things happens:
   - SIGTERM (terminate, fast shutdown): it exits 1, as PostgreSQL's bgworker_die does;
   - end of file on descriptor 3 (the supervisor died): it exits 1 at once, leaving no orphan;
   - with --once: it exits 0 after its first unit of work (done: never restarted).
+SIGUSR1 is a notification ("something changed: look again"), never a reason to stop: it handles it, then says
+so with NOTIFY=1, so that other registrations may name it as their notify pid.
 
 Usage: example_worker.py [--expect-main-arg N] [--once]
 With --expect-main-arg, it refuses to report readiness (exits 3) unless BGW_MAIN_ARG is N.
@@ -38,8 +40,12 @@ def main() -> int:
     # SIGTERM: finish the current unit of work, then exit 1 (restart per policy unless terminated).
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    # SIGUSR1: a wake-up; its default action would end the process. Handled first, then announced.
+    notifications = []
+    signal.signal(signal.SIGUSR1, lambda *_: notifications.append(True))
 
     if ready_fd is not None:
+        os.write(ready_fd, b"NOTIFY=1\n")
         os.write(ready_fd, b"READY=1\n")
 
     units = 0

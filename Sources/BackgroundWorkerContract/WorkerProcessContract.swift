@@ -35,6 +35,10 @@ public enum WorkerProcessContract {
     /// The prefix of a line a worker may write to its readiness (status) descriptor to say why it is failing; the
     /// supervisor keeps the last one (`BackgroundWorkerHandle.lastReportedError`).
     public static let errorLinePrefix = "ERROR="
+    /// The status line with which a worker says it takes SIGUSR1 as a wake-up (it handles or ignores the
+    /// signal, whose default action would end it): only then may another registration name it as its notify
+    /// pid. Write it once the handler is installed.
+    public static let notifyLine = "NOTIFY=1"
     /// The longest line the supervisor reads from a readiness descriptor; a longer one closes it.
     public static let maxReadinessLineLength = 1024
 

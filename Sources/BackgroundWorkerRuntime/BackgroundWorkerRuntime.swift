@@ -176,9 +176,14 @@ public enum BackgroundWorkerRuntime {
     /// Tells the supervisor why the worker fails: an `ERROR=` line on the status descriptor, when there is
     /// one (newlines become spaces; at most 1,000 bytes are kept by the supervisor).
     static func reportError(_ message: String, _ identity: WorkerProcessContract.Identity) {
-        guard let fd = identity.statusDescriptor else { return }
         let text = message.split(whereSeparator: \.isNewline).joined(separator: " ")
-        let line = Array((WorkerProcessContract.errorLinePrefix + text + "\n").utf8)
+        Self.writeStatusLine(WorkerProcessContract.errorLinePrefix + text, identity)
+    }
+
+    /// Writes a line to the status descriptor, when there is one.
+    static func writeStatusLine(_ text: String, _ identity: WorkerProcessContract.Identity) {
+        guard let fd = identity.statusDescriptor else { return }
+        let line = Array((text + "\n").utf8)
         _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
 
@@ -222,7 +227,7 @@ final class Runtime: Sendable {
         self.identity = identity
         self.body = body
         let task = self.task
-        let reloads = ReloadRequests()
+        let reloads = SignalRequests()
         let gate = SignalGate(
             onTerminate: {
                 if exitOnTerminate { BackgroundWorkerRuntime.exitNow(1) }
@@ -230,7 +235,7 @@ final class Runtime: Sendable {
             },
             onReload: { reloads.request() }
         )
-        self.context = WorkerContext(identity: identity, reloads: reloads, signals: gate)
+        self.context = WorkerContext(identity: identity, reloads: reloads, notifications: SignalRequests(), signals: gate)
         // The runtime lives until the process ends (`run` never returns): the watcher holds it unretained.
         let error = cws_worker_watch_start(
             identity.aliveDescriptor,
@@ -244,6 +249,8 @@ final class Runtime: Sendable {
         guard error == 0 else {
             throw WorkerRuntimeError(.runtimeFailed, "starting the signal and supervisor watcher failed: errno \(error)")
         }
+        // SIGUSR1 is handled from here on: the supervisor may name this process as a notify pid.
+        BackgroundWorkerRuntime.writeStatusLine(WorkerProcessContract.notifyLine, identity)
     }
 
     /// Called on the watcher's thread.
@@ -253,6 +260,8 @@ final class Runtime: Sendable {
             self.context.signals.terminate()
         case Int(CWS_WATCH_RELOAD):
             self.context.signals.reload()
+        case Int(CWS_WATCH_NOTIFY):
+            self.context.notificationRequests.request()
         case Int(CWS_WATCH_SUPERVISOR_GONE):
             // The supervisor is gone: cancel, and exit within 100 ms whatever the body does.
             self.task.cancel()
@@ -287,6 +296,7 @@ final class Runtime: Sendable {
                 code = 1
             }
             context.reloadRequests.finish()
+            context.notificationRequests.finish()
             done(code)
         }
         // A cancellation that came before this is applied now: the body sees it at its first check.

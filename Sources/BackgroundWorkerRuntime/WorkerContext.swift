@@ -18,13 +18,24 @@ public final class WorkerContext: Sendable {
         self.reloadRequests.sequence()
     }
 
-    let reloadRequests: ReloadRequests
+    /// SIGUSR1, as notifications: the wake-up a worker named as another registration's notify pid receives
+    /// when that worker starts, exits or is unregistered (PostgreSQL's `bgw_notify_pid`). It carries nothing:
+    /// look again at what you wait for (a handle's status, say). Buffering: at most one pending notification is
+    /// kept; several before the body takes it are one. A worker on this runtime tells its supervisor at start
+    /// that it takes SIGUSR1 (`NOTIFY=1` on its status descriptor), so it may be named as a notify pid.
+    public var notifications: WorkerNotifications {
+        self.notificationRequests.sequence()
+    }
+
+    let reloadRequests: SignalRequests
+    let notificationRequests: SignalRequests
     let signals: SignalGate
     private let mapping = RuntimeMutex<UnsafeMutableRawBufferPointer?>(nil)
 
-    init(identity: WorkerProcessContract.Identity, reloads: ReloadRequests, signals: SignalGate) {
+    init(identity: WorkerProcessContract.Identity, reloads: SignalRequests, notifications: SignalRequests, signals: SignalGate) {
         self.identity = identity
         self.reloadRequests = reloads
+        self.notificationRequests = notifications
         self.signals = signals
     }
 
@@ -93,10 +104,16 @@ public final class WorkerContext: Sendable {
 /// task.
 public typealias WorkerReloads = StreamSequence<Void>
 
-/// The reload requests behind ``WorkerContext/reloads``. The stream is made at first use, not at start: a
-/// worker that never asks for reloads does not pay for one (nor for its type metadata, which a stored
-/// `AsyncStream` field would make every worker instantiate before its body starts).
-final class ReloadRequests: Sendable {
+/// SIGUSR1 wake-ups, as an `AsyncSequence` (``WorkerContext/notifications``): each element means "something
+/// the worker waits for may have changed: look again"; the sequence ends when the worker is stopping. Buffering:
+/// see ``WorkerContext/notifications``. Iterate it from one task.
+public typealias WorkerNotifications = StreamSequence<Void>
+
+/// The requests behind ``WorkerContext/reloads`` (SIGHUP) and ``WorkerContext/notifications`` (SIGUSR1). The
+/// stream is made at first use, not at start: a worker that never asks for them does not pay for one (nor for
+/// its type metadata, which a stored `AsyncStream` field would make every worker instantiate before its body
+/// starts).
+final class SignalRequests: Sendable {
     /// The stream and its continuation, allocated at first use.
     private final class Stream: Sendable {
         let stream: AsyncStream<Void>
@@ -116,7 +133,7 @@ final class ReloadRequests: Sendable {
     private let state = RuntimeMutex(State())
 
     /// The sequence, made at the first call.
-    func sequence() -> WorkerReloads {
+    func sequence() -> StreamSequence<Void> {
         let stream = self.state.withLock { state -> Stream in
             if let stream = state.stream { return stream }
             let stream = Stream()
@@ -125,10 +142,10 @@ final class ReloadRequests: Sendable {
             state.stream = stream
             return stream
         }
-        return WorkerReloads(stream.stream)
+        return StreamSequence(stream.stream)
     }
 
-    /// A SIGHUP to act on.
+    /// A signal to act on.
     func request() {
         let made = self.state.withLock { state -> Bool in
             if state.stream == nil { state.pending = true }
@@ -139,7 +156,7 @@ final class ReloadRequests: Sendable {
 
     /// The body ended: iteration ends.
     func finish() {
-        // Two steps, so that a worker that never asked for reloads does not instantiate `Optional<Stream>`.
+        // Two steps, so that a worker that never asked for the stream does not instantiate `Optional<Stream>`.
         let made = self.state.withLock { state -> Bool in
             state.finished = true
             return state.stream != nil

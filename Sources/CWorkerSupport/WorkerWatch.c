@@ -26,11 +26,13 @@ static int cws_watch_started = 0;
 // Set by the handlers, taken by the watcher thread: a signal is recorded even when the pipe is full.
 static atomic_int cws_watch_terminate_pending = 0;
 static atomic_int cws_watch_reload_pending = 0;
+static atomic_int cws_watch_notify_pending = 0;
 
 static void cws_watch_handler(int signal_number) {
     int saved = errno;
     if (signal_number == SIGTERM) atomic_store(&cws_watch_terminate_pending, 1);
     if (signal_number == SIGHUP) atomic_store(&cws_watch_reload_pending, 1);
+    if (signal_number == SIGUSR1) atomic_store(&cws_watch_notify_pending, 1);
     // A byte only wakes the watcher; a full pipe (EAGAIN) means it is awake already.
     unsigned char byte = (unsigned char)signal_number;
     ssize_t written;
@@ -54,6 +56,7 @@ static void *cws_watch_thread(void *unused) {
     sigdelset(&mask, SIGTERM);
     sigdelset(&mask, SIGHUP);
     sigdelset(&mask, SIGQUIT);
+    sigdelset(&mask, SIGUSR1);
     pthread_sigmask(SIG_SETMASK, &mask, NULL);
 
     struct pollfd fds[2] = {
@@ -82,6 +85,7 @@ static void *cws_watch_thread(void *unused) {
             // a SIGTERM is reported first, so that it is recorded before anyone can see the termination (the
             // kernel, too, delivers the lower-numbered SIGHUP first when both are pending).
             if (atomic_exchange(&cws_watch_reload_pending, 0)) cws_watch_target(CWS_WATCH_RELOAD, cws_watch_context);
+            if (atomic_exchange(&cws_watch_notify_pending, 0)) cws_watch_target(CWS_WATCH_NOTIFY, cws_watch_context);
             if (atomic_exchange(&cws_watch_terminate_pending, 0)) cws_watch_target(CWS_WATCH_TERMINATE, cws_watch_context);
         }
         if (count == 2 && fds[1].revents) {
@@ -120,6 +124,7 @@ int cws_worker_watch_start(int alive_fd, int grace_ms, cws_watch_callback callba
     action.sa_handler = cws_watch_handler;
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGHUP, &action, NULL);
+    sigaction(SIGUSR1, &action, NULL);
     action.sa_handler = cws_watch_quit_handler;
     sigaction(SIGQUIT, &action, NULL);
 
@@ -139,6 +144,7 @@ int cws_worker_watch_start(int alive_fd, int grace_ms, cws_watch_callback callba
         action.sa_handler = SIG_DFL;
         sigaction(SIGTERM, &action, NULL);
         sigaction(SIGHUP, &action, NULL);
+        sigaction(SIGUSR1, &action, NULL);
         sigaction(SIGQUIT, &action, NULL);
         close(cws_watch_pipe[0]);
         close(cws_watch_pipe[1]);

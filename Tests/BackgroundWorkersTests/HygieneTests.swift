@@ -189,5 +189,37 @@ extension SupervisorTests {
                 #expect(geteuid() != 0 || error?.message.contains("posixSpawn strategy cannot switch user") == true)
             }
         }
+
+        @Test(
+            "SIGUSR1 is a wake-up a worker can take: the runtime's notifications, a shell that ignores it; others are refused",
+            arguments: spawnStrategies
+        )
+        func notificationsDoNotKillWorkers(strategy: UVSpawnStrategy) async throws {
+            try await withSupervisor(strategy: strategy) { supervisor in
+                // A Swift worker on the runtime: it said NOTIFY=1 at start, and sees the wake-up in its body.
+                let swiftTarget = try await supervisor.register(RuntimeTests.swiftWorker("notified", "notified"))
+                let swiftPid = try await swiftTarget.waitForReady()
+                var pointing = shellWorker("pointing", "exit 0")
+                pointing.notifyPID = swiftPid
+                _ = try await supervisor.register(pointing)
+                #expect(try await swiftTarget.waitForShutdown() == .stopped)
+                #expect(await swiftTarget.detail == .unregistered(.completed, lastExit: .exited(0)))
+
+                // The Python example handles SIGUSR1 and says so: it survives being notified.
+                var python = BackgroundWorker(
+                    name: "python",
+                    entryPoint: .executable("/usr/bin/env", arguments: ["python3", "Examples/workers/example_worker.py", "--expect-main-arg", "42"])
+                )
+                python.mainArgument = 42
+                python.reportsReadiness = true
+                python.restartInterval = .never
+                let pythonTarget = try await supervisor.register(python)
+                let pythonPid = try await pythonTarget.waitForReady()
+                pointing.notifyPID = pythonPid
+                let pointingHandle = try await supervisor.register(pointing)
+                #expect(try await pointingHandle.waitForShutdown() == .stopped)  // notified at start and at exit
+                #expect(await pythonTarget.status == .started(pid: pythonPid))
+            }
+        }
     }
 }

@@ -67,14 +67,29 @@ extension SupervisorTests {
         func notifyPIDValidation(strategy: UVSpawnStrategy) async throws {
             let wakeUps = try await WakeUps()
             try await withSupervisor(strategy: strategy) { supervisor in
-                var worker = shellWorker("target", Script.readyThenSleep)
+                var worker = shellWorker("target", Script.notifiableThenSleep)
                 worker.reportsReadiness = true
                 let target = try await supervisor.register(worker)
                 let targetPid = try await target.waitForReady()
 
                 var pointing = shellWorker("pointing", Script.sleepForever)
                 pointing.notifyPID = targetPid
-                #expect(await refusal(supervisor, pointing) == nil)
+                let pointingHandle = try await supervisor.register(pointing)
+                _ = try await pointingHandle.waitForStartup()  // the target got SIGUSR1 at this start
+                await pointingHandle.terminate()
+                #expect(try await pointingHandle.waitForShutdown() == .stopped)  // and at this exit
+                #expect(await target.status == .started(pid: targetPid))  // it took them
+
+                // A running worker that never said it takes SIGUSR1 is refused, and says why.
+                var silent = shellWorker("silent", Script.readyThenSleep)
+                silent.reportsReadiness = true
+                let silentHandle = try await supervisor.register(silent)
+                let silentPid = try await silentHandle.waitForReady()
+                pointing.notifyPID = silentPid
+                let refused = await refusal(supervisor, pointing)
+                #expect(refused?.code == .notifyPIDRefused)
+                #expect(refused?.message.contains("has not said it takes SIGUSR1") == true)
+                #expect(await silentHandle.status == .started(pid: silentPid))
 
                 pointing = shellWorker("self", Script.sleepForever)
                 pointing.notifyPID = getpid()
@@ -92,7 +107,7 @@ extension SupervisorTests {
         @Test("PG-19: when a notifiable worker exits, notify pids pointing at it are cleared and its dependants keep running", arguments: spawnStrategies)
         func notifyPIDClearedWhenTargetExits(strategy: UVSpawnStrategy) async throws {
             try await withSupervisor(strategy: strategy) { supervisor in
-                var worker = shellWorker("target", Script.readyThenSleep)
+                var worker = shellWorker("target", Script.notifiableThenSleep)
                 worker.reportsReadiness = true
                 let target = try await supervisor.register(worker)
                 let targetPid = try await target.waitForReady()

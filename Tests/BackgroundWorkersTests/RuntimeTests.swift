@@ -130,24 +130,27 @@ extension SupervisorTests {
             let worker = try await loop.submit { try loop.spawn(spawnOptions) }
             alive.closeReadEnd()
             readiness.closeWriteEnd()
+            // The status lines up to READY=1 (NOTIFY=1 comes first: the runtime handles SIGUSR1).
             let ready: String = try await withCheckedThrowingContinuation { done in
                 loop.execute {
-                    var first: String?
+                    var seen: [String] = []
+                    var answered = false
                     do {
                         _ = try loop.readLines(from: readiness.readEnd) { line in
-                            if first == nil {
-                                first = line
-                                done.resume(returning: line)
+                            seen.append(line)
+                            if line == "READY=1", !answered {
+                                answered = true
+                                done.resume(returning: seen.joined(separator: ","))
                             }
                         } onEnd: { _ in
-                            if first == nil { done.resume(returning: "") }
+                            if !answered { done.resume(returning: seen.joined(separator: ",")) }
                         }
                     } catch {
                         done.resume(throwing: error)
                     }
                 }
             }
-            #expect(ready == "READY=1")
+            #expect(ready == "NOTIFY=1,READY=1")
             let start = ContinuousClock.now
             alive.closeWriteEnd()  // the "supervisor" dies
             #expect(try await worker.waitForExit() == .exited(1))

@@ -27,6 +27,8 @@ enum Script {
     static let sleepForever = "exec sleep 1000"
     /// Reports readiness, then runs until signalled.
     static let readyThenSleep = "echo READY=1 >&4; exec sleep 1000"
+    /// Ignores SIGUSR1 and says so (NOTIFY=1), reports readiness, then runs until signalled: a notify target.
+    static let notifiableThenSleep = "trap '' USR1; echo NOTIFY=1 >&4; echo READY=1 >&4; exec sleep 1000"
     /// Ignores SIGTERM (its `sleep` children too): only SIGKILL stops it.
     static let ignoreTerm = "trap '' TERM; echo READY=1 >&4; while :; do sleep 1; done"
     /// Exits 1 on SIGTERM, as a worker using the runtime does (PostgreSQL's bgworker_die).

@@ -57,10 +57,19 @@ struct SupervisorStateMachine {
     /// How many workers have a process.
     var runningCount: Int { self.slots.all.reduce(0) { $0 + ($1.pid == nil ? 0 : 1) } }
 
-    /// Whether `pid` may be named as a notify pid: this process, or a running worker of it (PostgreSQL: a live
-    /// postmaster child).
+    /// Whether `pid` may be named as a notify pid: this process (which keeps SIGUSR1 handled), or a running
+    /// worker that said it takes SIGUSR1 (PostgreSQL: a live postmaster child, all of which handle it). Any
+    /// other process could be killed by SIGUSR1's default action.
     func isNotifiable(_ pid: Int32) -> Bool {
-        pid == self.settings.supervisorPID || self.slots.all.contains { $0.pid == pid }
+        pid == self.settings.supervisorPID || self.slots.all.contains { $0.notifiablePID == pid }
+    }
+
+    /// Why `pid` may not be named as a notify pid, for the refusal.
+    func notNotifiableReason(_ pid: Int32) -> String {
+        if let worker = self.slots.all.first(where: { $0.pid == pid }) {
+            return "is worker '\(worker.registration.name)', which has not said it takes SIGUSR1 (a NOTIFY=1 line on its status descriptor, which the Swift worker runtime writes; SIGUSR1's default action would end it)"
+        }
+        return "is neither this supervisor (pid \(self.settings.supervisorPID)) nor one of its running workers"
     }
 
     private func facts(_ readings: Readings) -> SupervisorFacts {
@@ -108,7 +117,7 @@ struct SupervisorStateMachine {
             return .failure(
                 SupervisorError(
                     .notifyPIDRefused,
-                    "notifyPID \(pid) of worker '\(worker.name)' is neither this supervisor (pid \(self.settings.supervisorPID)) nor one of its running workers"
+                    "notifyPID \(pid) of worker '\(worker.name)' \(self.notNotifiableReason(pid))"
                 )
             )
         }

@@ -70,6 +70,8 @@ struct WorkerStateMachine: Equatable {
         var pid: Int32
         var startedAt: Duration
         var ready = false
+        /// It said it takes SIGUSR1 (`NOTIFY=1`): it may be named as a notify pid.
+        var acceptsNotifications = false
         var terminateRequested = false
         /// The signals the supervisor sent to stop this process: a death by one of them is no crash.
         var stopSignals: SignalSet = []
@@ -91,6 +93,8 @@ struct WorkerStateMachine: Equatable {
         case ready
         /// The worker wrote an `ERROR=` line.
         case reportedError(String)
+        /// The worker wrote `NOTIFY=1`: it takes SIGUSR1.
+        case acceptsNotifications
         /// The process was reaped.
         case exited(UVExitStatus)
         /// Its handle asked to terminate it (PG-22).
@@ -139,6 +143,12 @@ struct WorkerStateMachine: Equatable {
     }
 
     var usesSharedMemory: Bool { self.registration.flags.contains(.sharedMemoryAccess) }
+
+    /// The pid of a running process that said it takes SIGUSR1.
+    var notifiablePID: Int32? {
+        if case .running(let running) = self.state, running.acceptsNotifications { return running.pid }
+        return nil
+    }
 
     /// The running process's pid.
     var pid: Int32? {
@@ -215,6 +225,11 @@ struct WorkerStateMachine: Equatable {
             self.state = .running(running)
             actions.append(.emit(self.id, .ready(pid: running.pid)))
             actions.append(.resumeReady(self.id, .success(running.pid)))
+
+        case (.running(var running), .acceptsNotifications):
+            guard !running.acceptsNotifications else { return false }
+            running.acceptsNotifications = true
+            self.state = .running(running)
 
         case (.running, .reportedError(let text)):
             // Only a process writes to its status descriptor (its last lines are read before its exit counts).

@@ -106,6 +106,8 @@ extension WorkerSupervisor {
                     self.assumeIsolated { supervisor in
                         if line == WorkerProcessContract.readyLine {
                             supervisor.apply(id, .ready)
+                        } else if line == WorkerProcessContract.notifyLine {
+                            supervisor.apply(id, .acceptsNotifications)
                         } else if line.hasPrefix(WorkerProcessContract.errorLinePrefix) {
                             let text = String(line.dropFirst(WorkerProcessContract.errorLinePrefix.count).prefix(1000))
                             supervisor.apply(id, .reportedError(text))

@@ -106,15 +106,17 @@ enum {
     CWS_WATCH_SUPERVISOR_GONE = 3,
     /// `grace_ms` after CWS_WATCH_SUPERVISOR_GONE: time to exit.
     CWS_WATCH_DEADLINE = 4,
+    /// SIGUSR1 arrived: a notification ("something changed, re-read the status").
+    CWS_WATCH_NOTIFY = 5,
 };
 
 /// Called on the watcher's thread for each event; must not block for long.
 typedef void (*cws_watch_callback)(int event, void *context);
 
-/// Starts a worker process's watcher, once per process: SIGTERM and SIGHUP handlers that only write the
+/// Starts a worker process's watcher, once per process: SIGTERM, SIGHUP and SIGUSR1 handlers that only write the
 /// signal's number to a close-on-exec pipe (async-signal-safe), a SIGQUIT handler that calls `_exit(2)`, and
 /// one small thread that polls that pipe and `alive_fd` and calls `callback` (`alive_fd` < 0: not watched).
-/// The thread blocks every other signal and takes SIGTERM, SIGHUP and SIGQUIT, so they have a thread to land
+/// The thread blocks every other signal and takes SIGTERM, SIGHUP, SIGQUIT and SIGUSR1, so they have a thread to land
 /// on whatever the other threads block. Returns 0, or an errno (nothing installed then).
 int cws_worker_watch_start(int alive_fd, int grace_ms, cws_watch_callback callback, void *context);
 

@@ -16,6 +16,7 @@ enum Describe {
         case .running(let running):
             var parts = ["pid \(running.pid)"]
             if running.ready { parts.append("ready") }
+            if running.acceptsNotifications { parts.append("notifiable") }
             if running.terminateRequested { parts.append("terminating") }
             if !running.stopSignals.isEmpty { parts.append("sent \(signals(running.stopSignals))") }
             if running.inCrashReset { parts.append("in reset") }

@@ -53,6 +53,7 @@ struct WorkerStateMachineTests {
         ("spawnFailed ENOENT", .spawnFailed(permanentError)),
         ("ready", .ready),
         ("reportedError", .reportedError("boom")),
+        ("acceptsNotifications", .acceptsNotifications),
         ("exited 1", .exited(.exited(1))),
         ("exited 3", .exited(.exited(3))),
         ("terminate", .terminate),
@@ -100,6 +101,7 @@ struct WorkerStateMachineTests {
         Row("starting", "spawnFailed ENOENT", "unregistered(could not be started: spawnFailed: test: ENOENT (no such file or directory))", ["emit spawnFailed 2", "emit unregistered could not be started: spawnFailed: test: ENOENT (no such file or directory)", "notify 4242", "startup workerStopped", "shutdown stopped", "ready workerStopped"]),
         Row("running", "ready", "running(pid 100, ready)", ["emit ready 100", "ready 100"]),
         Row("running", "reportedError", "running(pid 100)", ["emit error boom"]),
+        Row("running", "acceptsNotifications", "running(pid 100, notifiable)", []),
         Row("running", "exited 1", "restartScheduled(10.0 seconds)", ["emit exited 100 exited with code 1", "count exit restart", "emit restart in 10.0 seconds", "arm restart 10.0 seconds", "notify 4242", "shutdown stopped"]),
         Row("running", "exited 3", "waitingForCrashReset", ["emit exited 100 exited with code 3", "count exit crash", "emit crashReset", "notify 4242", "shutdown stopped"], crash: true),
         Row("running", "terminate", "running(pid 100, terminating, sent SIGTERM, kill armed)", ["SIGTERM 100", "arm kill 10.0 seconds"]),
@@ -123,7 +125,7 @@ struct WorkerStateMachineTests {
     @Test("every state × every input: the listed pairs act as listed, every other pair does nothing")
     func everyPair() throws {
         #expect(Self.states.count == 7)
-        #expect(Self.inputs.count == 17)
+        #expect(Self.inputs.count == 18)
         var listed = Set<String>()
         for row in Self.rows {
             #expect(listed.insert("\(row.state) \(row.input)").inserted, "listed twice: \(row.state) \(row.input)")
