@@ -39,6 +39,9 @@ public enum WorkerProcessContract {
     /// signal, whose default action would end it): only then may another registration name it as its notify
     /// pid. Write it once the handler is installed.
     public static let notifyLine = "NOTIFY=1"
+    /// The status line with which `BuiltinWorkers.runIfRequested` says it took over a process started for a
+    /// built-in entry point. A built-in worker that exits without it ran its binary's own `main` instead.
+    public static let builtinLine = "BUILTIN=1"
     /// The longest line the supervisor reads from a readiness descriptor; a longer one closes it.
     public static let maxReadinessLineLength = 1024
 

@@ -25,6 +25,10 @@ public enum BuiltinWorkers {
     public static func runIfRequested(_ workers: [String: @Sendable (WorkerContext) async throws -> Void]) async {
         let arguments = CommandLine.arguments
         guard arguments.count >= 3, arguments[1] == WorkerProcessContract.builtinMarker else { return }
+        // Tell the supervisor this binary hands over: without this line it knows the binary ran its own main.
+        if let identity = try? BackgroundWorker.current {
+            BackgroundWorkerRuntime.writeStatusLine(WorkerProcessContract.builtinLine, identity)
+        }
         let name = arguments[2]
         guard let body = workers[name] else {
             let known = workers.keys.sorted().joined(separator: ", ")

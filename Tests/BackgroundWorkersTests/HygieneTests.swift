@@ -221,5 +221,14 @@ extension SupervisorTests {
                 #expect(await pythonTarget.status == .started(pid: pythonPid))
             }
         }
+
+        @Test("a built-in worker whose binary never hands over to BuiltinWorkers.runIfRequested is reported as such, once", arguments: spawnStrategies)
+        func builtinInABinaryThatDoesNotHandOver(strategy: UVSpawnStrategy) async throws {
+            let (lines, status) = try await runFixture(["builtin-unhandled"], strategy: strategy, environment: ["FIXTURE_NO_BUILTINS": "1"])
+            #expect(status == .exited(0))
+            // The binary's own main ran once (not restarted at interval 0), and the detail says what to fix.
+            #expect(lines.filter { $0 == "this is the supervisor's own main" }.count == 1, "\(lines)")
+            #expect(lines.last?.contains("call BuiltinWorkers.runIfRequested first in main") == true, "\(lines)")
+        }
     }
 }

@@ -352,14 +352,15 @@ let buildDirectory: String = {
 /// process-wide state or count a whole process's descriptors, and returns what it printed and how it ended.
 func runFixture(
     _ arguments: [String],
-    strategy: UVSpawnStrategy = .automatic
+    strategy: UVSpawnStrategy = .automatic,
+    environment: [String: String] = [:]
 ) async throws -> (lines: [String], status: UVExitStatus) {
     let loop = try UVEventLoop(name: "fixture")
     let output = try UVPipePair()
     var options = UVSpawnOptions(
         executable: buildDirectory + "/FixtureSupervisor",
         arguments: arguments,
-        environment: ["PATH": "/usr/bin:/bin", "FIXTURE_SPAWN_STRATEGY": "\(strategy)"],
+        environment: ["PATH": "/usr/bin:/bin", "FIXTURE_SPAWN_STRATEGY": "\(strategy)"].merging(environment) { _, new in new },
         detached: true
     )
     options.descriptors = [0: 0, 1: output.writeEnd]  // its log lines (standard error) are not wanted here

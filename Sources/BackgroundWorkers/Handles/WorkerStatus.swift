@@ -32,6 +32,7 @@ public struct UnregisterReason: Hashable, Sendable, CustomStringConvertible {
         case spawnFailed(UVError)
         case crashReset
         case shutdown(ShutdownMode)
+        case builtinNotHandled
     }
 
     private let base: Base
@@ -47,6 +48,9 @@ public struct UnregisterReason: Hashable, Sendable, CustomStringConvertible {
     public static func spawnFailed(_ error: UVError) -> UnregisterReason { UnregisterReason(.spawnFailed(error)) }
     /// A crash reset forgot it (a never-restart worker with shared memory).
     public static let crashReset = UnregisterReason(.crashReset)
+    /// A built-in entry point's process ran its binary's own `main` instead of the built-in: the binary does
+    /// not call `BuiltinWorkers.runIfRequested` first in `main`.
+    public static let builtinNotHandled = UnregisterReason(.builtinNotHandled)
     /// The supervisor shut down in this mode (deliberately: a crash of the supervisor leaves no reason).
     public static func shutdown(_ mode: ShutdownMode) -> UnregisterReason { UnregisterReason(.shutdown(mode)) }
 
@@ -71,6 +75,8 @@ public struct UnregisterReason: Hashable, Sendable, CustomStringConvertible {
         case .spawnFailed(let error): "could not be started: \(error)"
         case .crashReset: "forgotten by a crash reset"
         case .shutdown(let mode): "the supervisor shut down (\(mode) shutdown)"
+        case .builtinNotHandled:
+            "its binary ran its own main instead of the built-in worker: call BuiltinWorkers.runIfRequested first in main"
         }
     }
 }

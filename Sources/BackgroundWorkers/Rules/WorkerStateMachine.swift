@@ -72,6 +72,8 @@ struct WorkerStateMachine: Equatable {
         var ready = false
         /// It said it takes SIGUSR1 (`NOTIFY=1`): it may be named as a notify pid.
         var acceptsNotifications = false
+        /// For a built-in entry point: the binary handed the process over (`BUILTIN=1`).
+        var builtinStarted = false
         var terminateRequested = false
         /// The signals the supervisor sent to stop this process: a death by one of them is no crash.
         var stopSignals: SignalSet = []
@@ -95,6 +97,8 @@ struct WorkerStateMachine: Equatable {
         case reportedError(String)
         /// The worker wrote `NOTIFY=1`: it takes SIGUSR1.
         case acceptsNotifications
+        /// A built-in worker's binary handed the process over (`BUILTIN=1`).
+        case builtinStarted
         /// The process was reaped.
         case exited(UVExitStatus)
         /// Its handle asked to terminate it (PG-22).
@@ -231,6 +235,11 @@ struct WorkerStateMachine: Equatable {
             running.acceptsNotifications = true
             self.state = .running(running)
 
+        case (.running(var running), .builtinStarted):
+            guard self.registration.entryPoint.builtinName != nil, !running.builtinStarted else { return false }
+            running.builtinStarted = true
+            self.state = .running(running)
+
         case (.running, .reportedError(let text)):
             // Only a process writes to its status descriptor (its last lines are read before its exit counts).
             self.lastReportedError = text
@@ -364,7 +373,10 @@ struct WorkerStateMachine: Equatable {
             }
             return true
         }
-        if running.terminateRequested {
+        if self.registration.entryPoint.builtinName != nil && !running.builtinStarted && running.stopSignals.isEmpty {
+            // Its binary ran its own main: restarting would run it again, and again.
+            self.unregister(.builtinNotHandled, &actions)
+        } else if running.terminateRequested {
             self.unregister(.terminated, &actions)
         } else if status == .exited(0) {
             self.unregister(.completed, &actions)

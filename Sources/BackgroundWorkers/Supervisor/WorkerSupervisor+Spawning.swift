@@ -108,6 +108,8 @@ extension WorkerSupervisor {
                             supervisor.apply(id, .ready)
                         } else if line == WorkerProcessContract.notifyLine {
                             supervisor.apply(id, .acceptsNotifications)
+                        } else if line == WorkerProcessContract.builtinLine {
+                            supervisor.apply(id, .builtinStarted)
                         } else if line.hasPrefix(WorkerProcessContract.errorLinePrefix) {
                             let text = String(line.dropFirst(WorkerProcessContract.errorLinePrefix.count).prefix(1000))
                             supervisor.apply(id, .reportedError(text))

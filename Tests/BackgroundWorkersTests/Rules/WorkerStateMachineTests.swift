@@ -54,6 +54,7 @@ struct WorkerStateMachineTests {
         ("ready", .ready),
         ("reportedError", .reportedError("boom")),
         ("acceptsNotifications", .acceptsNotifications),
+        ("builtinStarted", .builtinStarted),
         ("exited 1", .exited(.exited(1))),
         ("exited 3", .exited(.exited(3))),
         ("terminate", .terminate),
@@ -125,7 +126,7 @@ struct WorkerStateMachineTests {
     @Test("every state × every input: the listed pairs act as listed, every other pair does nothing")
     func everyPair() throws {
         #expect(Self.states.count == 7)
-        #expect(Self.inputs.count == 18)
+        #expect(Self.inputs.count == 19)
         var listed = Set<String>()
         for row in Self.rows {
             #expect(listed.insert("\(row.state) \(row.input)").inserted, "listed twice: \(row.state) \(row.input)")
@@ -207,6 +208,18 @@ struct WorkerStateMachineTests {
         #expect(terminated.feed(.terminate).isEmpty)  // no second signal
         terminated.feed(.exited(.signaled(.quit)))
         #expect(Describe.state(terminated.state) == "unregistered(terminated)")
+    }
+
+    @Test("a built-in worker that exits without its binary handing over is unregistered, never restarted")
+    func builtinNotHandled() {
+        var registration = BackgroundWorker(name: "b", entryPoint: .builtin("echo"))
+        registration.restartInterval = .seconds(0)
+        var unhandled = WorkerStateMachine(id: WorkerID(slot: 0, generation: 1), registration: registration, isStatic: false, order: 0)
+        unhandled.feed(.phaseReached, .spawned(pid: 9), .exited(.exited(0)))
+        #expect(Describe.state(unhandled.state) == "unregistered(\(UnregisterReason.builtinNotHandled))")
+        var handled = WorkerStateMachine(id: WorkerID(slot: 0, generation: 1), registration: registration, isStatic: false, order: 0)
+        handled.feed(.phaseReached, .spawned(pid: 9), .builtinStarted, .exited(.exited(1)))
+        #expect(Describe.state(handled.state).hasPrefix("restartScheduled"))
     }
 
     // MARK: - Exits (PG-11–16, 22, 24)

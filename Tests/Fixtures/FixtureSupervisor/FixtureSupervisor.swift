@@ -20,7 +20,24 @@ import Glibc
 @main
 struct FixtureSupervisor {
     static func main() async throws {
-        // A built-in worker: ready only if its registration arrived, then serves until SIGTERM.
+        // A built-in worker: ready only if its registration arrived, then serves until SIGTERM. With
+        // FIXTURE_NO_BUILTINS set, this binary plays one whose main forgot to hand over.
+        if getenv("FIXTURE_NO_BUILTINS") == nil {
+            await Self.runBuiltins()
+        }
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        switch arguments.first {
+        case "builtin-unhandled":
+            try await Self.builtinUnhandled()
+        case "--bgworker-builtin":
+            emit("this is the supervisor's own main")
+            exit(0)
+        default:
+            try await Self.dispatch(arguments)
+        }
+    }
+
+    static func runBuiltins() async {
         await BuiltinWorkers.runIfRequested([
             "echo": { worker in
                 guard worker.identity.mainArgument == 9 else { throw CancellationError() }
@@ -29,7 +46,9 @@ struct FixtureSupervisor {
                 try Task.checkCancellation()
             }
         ])
-        let arguments = Array(CommandLine.arguments.dropFirst())
+    }
+
+    static func dispatch(_ arguments: [String]) async throws {
         switch arguments.first {
         case "builtin":
             try await Self.runBuiltin()
@@ -198,6 +217,17 @@ extension FixtureSupervisor {
             let (forever, continuation) = AsyncStream<Void>.makeStream()
             for await _ in forever {}
             continuation.finish()
+        }
+    }
+
+    /// A built-in worker in a binary whose main does not hand over: it must be reported, not restarted.
+    static func builtinUnhandled() async throws {
+        try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
+            var worker = BackgroundWorker(name: "forgotten", entryPoint: .builtin("echo"))
+            worker.restartInterval = .seconds(0)
+            let handle = try await supervisor.register(worker)
+            _ = try await handle.waitForShutdown()
+            emit("\(await handle.detail)")
         }
     }
 
