@@ -306,7 +306,8 @@ static void cws_guardian_main(int control, pid_t *groups, int capacity) {
     _exit(0);
 }
 
-int cws_guardian_start(int capacity, pid_t *pid_out, int *pidfd_out, int *control_out) {
+int cws_guardian_start(int capacity, char *title_area, size_t title_length, pid_t *pid_out, int *pidfd_out,
+                       int *control_out) {
     if (capacity < 1) return EINVAL;
     pid_t *groups = malloc(sizeof(pid_t) * (size_t)capacity);
     if (groups == NULL) return ENOMEM;
@@ -327,6 +328,12 @@ int cws_guardian_start(int capacity, pid_t *pid_out, int *pidfd_out, int *contro
         // The child of a threaded process: async-signal-safe calls only, until _exit.
         setsid();
         prctl(PR_SET_NAME, "bgworker-guard", 0, 0, 0);
+        // Its command line too (this copy of the supervisor's argv memory): `pkill -f`, `pgrep` and `kill -9
+        // $(pidof ...)` aimed at the supervisor must not take the guardian with it.
+        if (title_area != NULL && title_length > 0) {
+            static const char title[] = "bgworker-guard";
+            for (size_t i = 0; i < title_length; i++) title_area[i] = i < sizeof(title) - 1 ? title[i] : '\0';
+        }
         struct sigaction ignore = {0};
         ignore.sa_handler = SIG_IGN;
         struct sigaction standard = {0};

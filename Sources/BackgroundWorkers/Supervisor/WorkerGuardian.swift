@@ -30,7 +30,16 @@ final class WorkerGuardian {
         var pid: pid_t = 0
         var pidfd: Int32 = -1
         var control: Int32 = -1
-        let status = cws_guardian_start(Int32(capacity), &pid, &pidfd, &control)
+        // This process's argv strings lie end to end: from the first one's start to the last one's end.
+        let argv = CommandLine.unsafeArgv
+        let count = Int(CommandLine.argc)
+        var titleArea: UnsafeMutablePointer<CChar>? = nil
+        var titleLength = 0
+        if count > 0, let first = argv[0], let last = argv[count - 1] {
+            titleArea = first
+            titleLength = (last + strlen(last)) - first
+        }
+        let status = cws_guardian_start(Int32(capacity), titleArea, titleLength, &pid, &pidfd, &control)
         guard status == 0 else {
             throw UVError(.spawnFailed, errno: status, context: "starting the worker guardian")
         }

@@ -89,9 +89,12 @@ void cws_unmark_cloexec(const int *marked, int count);
 /// session of its own, that ignores the signals a supervisor's process or group may get and reads 8-byte
 /// messages (`cws_guardian_send`) from a pipe: the process groups to kill. When the pipe reaches end of file,
 /// because every holder of its write end is gone (this process died, by any means, or closed it), the guardian
-/// sends SIGKILL to every group it holds (at most `capacity`) and exits. Returns 0 and sets the guardian's pid,
-/// a pidfd for it, and the pipe's write end (close-on-exec), or an errno.
-int cws_guardian_start(int capacity, pid_t *pid_out, int *pidfd_out, int *control_out);
+/// sends SIGKILL to every group it holds (at most `capacity`) and exits. `title_area` and `title_length` (or
+/// NULL and 0) are this process's argv strings, which the guardian overwrites in its own copy so that its command
+/// line reads `bgworker-guard`. Returns 0 and sets the guardian's pid, a pidfd for it, and the pipe's write end
+/// (close-on-exec), or an errno.
+int cws_guardian_start(int capacity, char *title_area, size_t title_length, pid_t *pid_out, int *pidfd_out,
+                       int *control_out);
 
 /// Tells the guardian to hold (`add` 1) or forget (`add` 0) process group `group`. Returns 0 or an errno.
 int cws_guardian_send(int control, int add, pid_t group);

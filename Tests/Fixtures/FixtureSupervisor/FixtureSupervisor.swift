@@ -16,7 +16,9 @@ import Glibc
 ///        FixtureSupervisor lifetimes N EVERY     (N supervisors one after another, a worker each)
 ///        FixtureSupervisor emfile-retry          (a transient spawn error is retried; a never-restart worker stops)
 ///        FixtureSupervisor cycles N              (N register/exit cycles: descriptors, zombies, slots)
-///        FixtureSupervisor orphans kill|exit     (workers that know nothing of the contract; then waits, or exits)
+///        FixtureSupervisor orphans kill|exit [every-kind]
+///                                                (workers that know nothing of the contract, and with every-kind
+///                                                 every other kind too; prints their pids, then waits, or exits)
 @main
 struct FixtureSupervisor {
     static func main() async throws {
@@ -59,7 +61,7 @@ struct FixtureSupervisor {
         case "emfile-retry":
             try await Self.emfileRetry()
         case "orphans":
-            try await Self.orphans(exitAtOnce: arguments.dropFirst().first == "exit")
+            try await Self.orphans(exitAtOnce: arguments.dropFirst().first == "exit", arguments: arguments)
         case "cycles":
             try await Self.cycles(arguments.count > 1 ? Int(arguments[1]) ?? 1000 : 1000)
         case "lifetimes":
@@ -196,7 +198,7 @@ extension FixtureSupervisor {
     /// Workers that know nothing of the worker contract (a plain program, a shell script with a child of its own in
     /// its group, a runtime worker): prints every pid to watch, then waits to be killed, or calls `exit(0)`
     /// without a shutdown.
-    static func orphans(exitAtOnce: Bool) async throws {
+    static func orphans(exitAtOnce: Bool, arguments: [String]) async throws {
         try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
             var sleeper = BackgroundWorker(name: "sleeper", entryPoint: .executable("/bin/sleep", arguments: ["1000"]))
             sleeper.restartInterval = .never
@@ -212,6 +214,25 @@ extension FixtureSupervisor {
             emit("\(sleeperPid)")
             emit("\(shellPid)")
             emit(await shellHandle.lastReportedError ?? "no child pid")
+            if arguments.contains("every-kind") {
+                // The other kinds: a Swift worker on the runtime, a built-in, a library entry point, Python.
+                let directory = String(CommandLine.arguments[0].split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/"))
+                var kinds: [BackgroundWorker] = [
+                    BackgroundWorker(name: "swift", entryPoint: .executable(directory + "/swift-worker", arguments: ["serve"])),
+                    BackgroundWorker(name: "builtin", entryPoint: .builtin("echo")),
+                    BackgroundWorker(name: "library", entryPoint: .library("libExampleLibraryWorker.so", function: "library_worker_main")),
+                ]
+                if access("/usr/bin/python3", X_OK) == 0 {
+                    kinds.append(BackgroundWorker(name: "python", entryPoint: .executable("/usr/bin/python3", arguments: [directory + "/../../../Examples/workers/example_worker.py"])))
+                }
+                for var worker in kinds {
+                    worker.reportsReadiness = true
+                    worker.restartInterval = .never
+                    worker.mainArgument = 9  // the built-in checks it
+                    worker.extra = Array("lib".utf8)  // the library worker checks it
+                    emit("\(try await supervisor.register(worker).waitForReady())")
+                }
+            }
             emit("all ready")
             if exitAtOnce { exit(0) }
             let (forever, continuation) = AsyncStream<Void>.makeStream()
