@@ -112,6 +112,15 @@ let package = Package(
             path: "Tests/Fixtures/FixtureSupervisor",
             swiftSettings: swiftSettings
         ),
+        // The reliability suite (not a product): `swift run -c release ReliabilitySuite`, or `--short`.
+        .executableTarget(
+            name: "ReliabilitySuite",
+            dependencies: [
+                "BackgroundWorkers", "UVConcurrency", "CWorkerSupport", .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/Reliability",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "SupervisorDemo",
             dependencies: [
@@ -153,6 +162,7 @@ let package = Package(
                 "CWorkerSupport",
                 "SwiftWorker",
                 "FixtureSupervisor",
+                "ReliabilitySuite",
                 "bgworker-host",
                 "TestSupport",
                 .product(name: "Logging", package: "swift-log"),

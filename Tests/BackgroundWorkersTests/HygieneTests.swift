@@ -230,5 +230,12 @@ extension SupervisorTests {
             #expect(lines.filter { $0 == "this is the supervisor's own main" }.count == 1, "\(lines)")
             #expect(lines.last?.contains("call BuiltinWorkers.runIfRequested first in main") == true, "\(lines)")
         }
+
+        @Test("the reliability suite, short form: every check meets its goal", .timeLimit(.minutes(3)))
+        func reliabilitySuiteShort() async throws {
+            let (lines, status) = try await runFixture(["--short"], program: "ReliabilitySuite")
+            #expect(status == .exited(0), "\(lines.joined(separator: "\n"))")
+            #expect(lines.last == "all checks passed", "\(lines.joined(separator: "\n"))")
+        }
     }
 }

@@ -353,12 +353,13 @@ let buildDirectory: String = {
 func runFixture(
     _ arguments: [String],
     strategy: UVSpawnStrategy = .automatic,
-    environment: [String: String] = [:]
+    environment: [String: String] = [:],
+    program: String = "FixtureSupervisor"
 ) async throws -> (lines: [String], status: UVExitStatus) {
     let loop = try UVEventLoop(name: "fixture")
     let output = try UVPipePair()
     var options = UVSpawnOptions(
-        executable: buildDirectory + "/FixtureSupervisor",
+        executable: buildDirectory + "/" + program,
         arguments: arguments,
         environment: ["PATH": "/usr/bin:/bin", "FIXTURE_SPAWN_STRATEGY": "\(strategy)"].merging(environment) { _, new in new },
         detached: true
