@@ -1,8 +1,8 @@
 /// What to start, and how: the input of ``UVEventLoop/spawn(_:onExit:)``.
 ///
-/// The child gets exactly the descriptors in ``descriptors`` (every descriptor this package creates is
-/// close-on-exec). Descriptors created elsewhere in the process without close-on-exec are inherited too:
-/// libuv has no hook to close them. Foundation's `Process` is one such creator; see the package documentation.
+/// The child gets exactly the descriptors in ``descriptors``: every descriptor this package creates is
+/// close-on-exec, and descriptors created elsewhere in the process without close-on-exec are closed in the
+/// child (see the package documentation for the one gap of the `uv_spawn` path).
 public struct UVSpawnOptions: Sendable, Hashable {
     /// The program to run: a path, or a bare name looked up in `PATH` as `execvp` does.
     public var executable: String
