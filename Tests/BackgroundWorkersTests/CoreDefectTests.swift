@@ -22,7 +22,13 @@ extension SupervisorTests {
         @Test("interval 0 and a transient spawn error retry through the loop's timers, not on one stack", arguments: spawnStrategies)
         func noRecursionOnTransientSpawnErrors(strategy: UVSpawnStrategy) async throws {
             // 3,000 attempts while no descriptor is free; the first core died of SIGSEGV after about 1,700.
-            let (lines, status) = try await runFixture(["emfile-storm", "3000"], strategy: strategy)
+            // libdispatch traps (SIGILL) when its thread-pool monitor cannot open a file at that limit, which
+            // a spawn attempt that holds the last free descriptor for a moment can cause about once in a
+            // hundred runs on a busy machine: that one known crash, and only that, is run again (twice at most).
+            var (lines, status) = try await runFixture(["emfile-storm", "3000"], strategy: strategy)
+            for _ in 0..<2 where status == .signaled(UVSignal(rawValue: SIGILL)) {
+                (lines, status) = try await runFixture(["emfile-storm", "3000"], strategy: strategy)
+            }
             #expect(status == .exited(0))
             #expect(lines.contains("attempts 3000"))
         }

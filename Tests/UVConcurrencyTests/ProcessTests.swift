@@ -447,6 +447,10 @@ extension UVConcurrencyTests {
                 let process = try await loop.spawnProcess(options)
                 output.closeWriteEnd()
                 #expect(try await process.waitForExit() == .exited(0))
+                // Every writer gone: a child that another test forks at this moment (uv_spawn) holds every
+                // descriptor of this process until it calls exec, this pipe's write end too.
+                var hangUp = pollfd(fd: output.readEnd, events: 0, revents: 0)
+                #expect(poll(&hangUp, 1, 10_000) == 1 && hangUp.revents & Int16(POLLHUP) != 0)
                 let lines = Collector<String>()
                 let ends = Collector<UVLineReader.EndReason>()
                 try await loop.submit {
