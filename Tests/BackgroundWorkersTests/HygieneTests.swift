@@ -123,24 +123,35 @@ extension SupervisorTests {
             }
         }
 
-        @Test("a program without a #! line fails as 'not an executable format', not as an unknown error")
-        func notAnExecutableFormat() async throws {
-            let path = "/tmp/bgw-no-shebang-\(getpid())"
+        @Test("a program without a #! line is refused as 'not an executable format', at registration or at spawn", arguments: spawnStrategies)
+        func notAnExecutableFormat(strategy: UVSpawnStrategy) async throws {
+            let path = "/tmp/bgw-no-shebang-\(getpid())-\(strategy)"
             try #require(FileManagerLite.writeExecutable(path, "echo no interpreter line\n"))
             defer { unlink(path) }
-            try await withSupervisor(strategy: .posixSpawn) { supervisor in
-                var worker = BackgroundWorker(name: "no-shebang", entryPoint: .executable(path))
-                worker.restartInterval = .never
-                let handle = try await supervisor.register(worker)
-                #expect(try await handle.waitForShutdown() == .stopped)
-                let detail = await handle.detail
-                guard case .unregistered(let reason, _) = detail else {
-                    Issue.record("\(detail)")
-                    return
-                }
-                #expect(reason.spawnError?.errno == ENOEXEC)
-                #expect(detail.description.contains("ENOEXEC (exec format error: not an executable format; a script without a #! line?)"), "\(detail)")
+            try await withSupervisor(strategy: strategy) { supervisor in
+                let refused = await refusal(supervisor, BackgroundWorker(name: "no-shebang", entryPoint: .executable(path)))
+                #expect(refused?.registrationError?.field == "entryPoint.executable")
+                #expect(refused?.message.contains("is not an executable format") == true, "\(String(describing: refused))")
             }
+            guard strategy == .posixSpawn else { return }  // uv_spawn's execvp hands such a file to /bin/sh
+            // Changed after the registration: the spawn's ENOEXEC says what it means.
+            try #require(FileManagerLite.writeExecutable(path, "#!/bin/sh\nexit 0\n"))
+            let supervisor = try WorkerSupervisor(configuration: .testing(strategy))
+            var worker = BackgroundWorker(name: "no-shebang", entryPoint: .executable(path))
+            worker.restartInterval = .never
+            let handle = try await supervisor.register(worker)
+            try #require(FileManagerLite.writeExecutable(path, "echo no interpreter line\n"))
+            let runner = Task { try await supervisor.run() }
+            #expect(try await handle.waitForShutdown() == .stopped)
+            let detail = await handle.detail
+            if case .unregistered(let reason, _) = detail {
+                #expect(reason.spawnError?.errno == ENOEXEC)
+            } else {
+                Issue.record("\(detail)")
+            }
+            #expect(detail.description.contains("ENOEXEC (exec format error: not an executable format; a script without a #! line?)"), "\(detail)")
+            await supervisor.shutdown(.fast)
+            try await runner.value
         }
 
         @Test(

@@ -121,6 +121,19 @@ extension WorkerSupervisor {
         guard access(path, X_OK) == 0 else {
             return "may not be executed by this supervisor's user (mode \(String(info.st_mode & 0o7777, radix: 8))); make it executable"
         }
+        // The kernel runs ELF binaries and #! scripts; anything else fails with ENOEXEC under posix_spawn, while
+        // uv_spawn's execvp would quietly hand it to /bin/sh. Refused alike under both.
+        let file = open(path, O_RDONLY | O_CLOEXEC)
+        if file >= 0 {
+            defer { close(file) }
+            var magic = [UInt8](repeating: 0, count: 4)
+            let count = read(file, &magic, 4)
+            let isELF = count == 4 && magic == [0x7F, 0x45, 0x4C, 0x46]  // \x7fELF
+            let isScript = count >= 2 && magic[0] == 0x23 && magic[1] == 0x21  // #!
+            if count >= 0 && !isELF && !isScript {
+                return "is not an executable format (neither an ELF binary nor a script with a #! line); add a #! line"
+            }
+        }
         return nil
     }
 }
