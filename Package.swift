@@ -108,7 +108,7 @@ let package = Package(
         // A supervisor process for tests that kill one (not a product).
         .executableTarget(
             name: "FixtureSupervisor",
-            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime", "UVConcurrency"],
+            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime", "UVConcurrency", "TestSupport"],
             path: "Tests/Fixtures/FixtureSupervisor",
             swiftSettings: swiftSettings
         ),
@@ -116,7 +116,8 @@ let package = Package(
         .executableTarget(
             name: "ReliabilitySuite",
             dependencies: [
-                "BackgroundWorkers", "UVConcurrency", "CWorkerSupport", .product(name: "Logging", package: "swift-log"),
+                "BackgroundWorkers", "UVConcurrency", "CWorkerSupport", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/Reliability",
             swiftSettings: swiftSettings

@@ -14,41 +14,12 @@ extension SupervisorTests {
     struct HygieneTests {
         /// Starts the fixture supervisor in `mode` and returns it with the lines it printed up to "all ready".
         static func startFixture(_ arguments: [String], strategy: UVSpawnStrategy) async throws -> (UVEventLoop, UVChildProcess, [String]) {
-            let loop = try UVEventLoop(name: "fixture")
-            let output = try UVPipePair()
-            var options = UVSpawnOptions(
-                executable: buildDirectory + "/FixtureSupervisor",
-                arguments: arguments,
+            try await startProgram(
+                buildDirectory + "/FixtureSupervisor",
+                arguments,
                 environment: ["PATH": "/usr/bin:/bin", "FIXTURE_SPAWN_STRATEGY": "\(strategy)"],
-                detached: true
+                until: "all ready"
             )
-            options.descriptors = [0: 0, 1: output.writeEnd]
-            let spawnOptions = options
-            let fixture = try await loop.submit { try loop.spawn(spawnOptions) }
-            output.closeWriteEnd()
-            let lines: [String] = try await withCheckedThrowingContinuation { done in
-                loop.execute {
-                    var lines: [String] = []
-                    var finished = false
-                    do {
-                        _ = try loop.readLines(from: output.readEnd) { line in
-                            lines.append(line)
-                            if line == "all ready", !finished {
-                                finished = true
-                                done.resume(returning: lines)
-                            }
-                        } onEnd: { _ in
-                            if !finished {
-                                finished = true
-                                done.resume(returning: lines)
-                            }
-                        }
-                    } catch {
-                        done.resume(throwing: error)
-                    }
-                }
-            }
-            return (loop, fixture, lines)
         }
 
         @Test(

@@ -18,6 +18,19 @@ extension SupervisorTests {
             return directory + "/swift-worker"
         }
 
+        /// The contract's variables for a worker named `name` with readiness, as a supervisor would set them, for
+        /// tests that play the supervisor by hand.
+        static func contractEnvironment(_ name: String) -> [String: String] {
+            let identity = WorkerProcessContract.Identity(
+                worker: BackgroundWorker(name: name, entryPoint: .executable(Self.workerPath)),
+                slot: 0,
+                generation: 1,
+                supervisorPID: getpid(),
+                reportsReadiness: true
+            )
+            return identity.environment.merging(["PATH": "/usr/bin:/bin"]) { contract, _ in contract }
+        }
+
         static func swiftWorker(_ name: String, _ mode: String) -> BackgroundWorker {
             var worker = BackgroundWorker(name: name, entryPoint: .executable(Self.workerPath, arguments: [mode]))
             worker.restartInterval = .never
@@ -115,15 +128,7 @@ extension SupervisorTests {
             let loop = try UVEventLoop(name: "fake-supervisor")
             let alive = try UVPipePair()
             let readiness = try UVPipePair()
-            var environment = ["PATH": "/usr/bin:/bin"]
-            let identity = WorkerProcessContract.Identity(
-                worker: BackgroundWorker(name: "orphan-to-be", entryPoint: .executable(Self.workerPath)),
-                slot: 0,
-                generation: 1,
-                supervisorPID: getpid(),
-                reportsReadiness: true
-            )
-            environment.merge(identity.environment) { _, new in new }
+            let environment = Self.contractEnvironment("orphan-to-be")
             var options = UVSpawnOptions(executable: Self.workerPath, arguments: [mode], environment: environment, detached: true)
             options.descriptors = [0: 0, 1: 1, 2: 2, 3: alive.readEnd, 4: readiness.writeEnd]
             let spawnOptions = options
@@ -168,15 +173,7 @@ extension SupervisorTests {
             let readiness = try UVPipePair()
             let alive = try UVPipePair()
             defer { readiness.close(); alive.close() }
-            var environment = ["PATH": "/usr/bin:/bin"]
-            let identity = WorkerProcessContract.Identity(
-                worker: BackgroundWorker(name: "misstarted", entryPoint: .executable(Self.workerPath)),
-                slot: 0,
-                generation: 1,
-                supervisorPID: getpid(),
-                reportsReadiness: true
-            )
-            environment.merge(identity.environment) { _, new in new }
+            var environment = Self.contractEnvironment("misstarted")
             environment[WorkerProcessContract.Variable.aliveDescriptor] = aliveVariable
             let file = open("/proc/self/exe", O_RDONLY | O_CLOEXEC)  // a regular file, not a pipe
             defer { close(file) }
@@ -219,28 +216,7 @@ extension SupervisorTests {
             let spawnOptions = options
             let supervisor = try await loop.submit { try loop.spawn(spawnOptions) }
             output.closeWriteEnd()
-            let pids: [Int32] = try await withCheckedThrowingContinuation { done in
-                loop.execute {
-                    var pids: [Int32] = []
-                    var finished = false
-                    do {
-                        _ = try loop.readLines(from: output.readEnd) { line in
-                            if let pid = Int32(line) { pids.append(pid) }
-                            if line == "all ready", !finished {
-                                finished = true
-                                done.resume(returning: pids)
-                            }
-                        } onEnd: { _ in
-                            if !finished {
-                                finished = true
-                                done.resume(returning: pids)
-                            }
-                        }
-                    } catch {
-                        done.resume(throwing: error)
-                    }
-                }
-            }
+            let pids = try await readLines(until: "all ready", on: loop, from: output.readEnd).compactMap { Int32($0) }
             try #require(pids.count == 3)
             #expect(try await loop.submit { try supervisor.signal(.kill) })
             #expect(try await supervisor.waitForExit() == .signaled(.kill))

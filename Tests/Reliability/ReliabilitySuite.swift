@@ -2,6 +2,7 @@ import BackgroundWorkers
 import CWorkerSupport
 import Foundation
 import Logging
+import TestSupport
 import UVConcurrency
 
 /// The project's reliability suite: what a supervisor must survive, each check printing its figure and failing
@@ -118,19 +119,7 @@ struct ReliabilitySuite {
 
     /// A supervisor process running every kind of worker, SIGKILLed: which of their processes are left 1 s later.
     static func kill(_ short: Bool) async throws -> Bool {
-        let loop = try UVEventLoop(name: "reliability-kill")
-        let output = try UVPipePair()
-        var options = UVSpawnOptions(
-            executable: buildDirectory + "/FixtureSupervisor",
-            arguments: ["orphans", "kill", "every-kind"],
-            environment: ["PATH": "/usr/bin:/bin"],
-            detached: true
-        )
-        options.descriptors = [0: 0, 1: output.writeEnd]
-        let spawnOptions = options
-        let fixture = try await loop.submit { try loop.spawn(spawnOptions) }
-        output.closeWriteEnd()
-        let lines = try await readUntil("all ready", loop, output.readEnd)
+        let (loop, fixture, lines) = try await startProgram(buildDirectory + "/FixtureSupervisor", ["orphans", "kill", "every-kind"], until: "all ready")
         let pids = lines.compactMap { Int32($0) }
         _ = try await loop.submit { try fixture.signal(.kill) }
         _ = try await fixture.waitForExit()
@@ -153,34 +142,26 @@ struct ReliabilitySuite {
                 var worker = BackgroundWorker(name: "starved", entryPoint: .executable("/bin/sleep", arguments: ["1000"]))
                 worker.reportsReadiness = false
                 worker.restartInterval = .seconds(interval)
-                var limit = rlimit()
-                getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-                let lowestFree = dup(0)
-                close(lowestFree)
-                var lowered = limit
-                lowered.rlim_cur = rlim_t(lowestFree + 1)
                 // With one descriptor free, a spawn still fails: posix_spawn needs a pidfd and a temporary copy.
-                var failures = 0
-                setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
-                let handle = try await supervisor.register(worker)
-                let counting = Task {
-                    var count = 0
-                    for await event in events where event.handle == handle {
-                        if case .spawnFailed = event.kind { count += 1 }
-                        if case .started = event.kind { break }
+                let (handle, counting, answer) = try await withOneFreeDescriptor {
+                    let handle = try await supervisor.register(worker)
+                    let counting = Task {
+                        var count = 0
+                        for await event in events where event.handle == handle {
+                            if case .spawnFailed = event.kind { count += 1 }
+                            if case .started = event.kind { break }
+                        }
+                        return count
                     }
-                    return count
+                    try await Task.sleep(for: hold)  // the exhaustion lasts this long
+                    let asked = ContinuousClock.now
+                    _ = await handle.status
+                    return (handle, counting, asked.duration(to: .now))
                 }
-                try await Task.sleep(for: hold)  // the exhaustion lasts this long
-                let asked = ContinuousClock.now
-                _ = await handle.status
-                let answer = asked.duration(to: .now)
-                setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
                 let freed = ContinuousClock.now
                 _ = try await handle.waitForStartup()
                 let recovery = freed.duration(to: .now)
-                failures = await counting.value
-                return (failures, answer, recovery)
+                return (await counting.value, answer, recovery)
             }
             let ok = figures.0 > 0 && figures.1 < .milliseconds(100) && figures.2 < .seconds(31)
             report("exhaustion, interval \(interval) s: \(figures.0) failed spawns in \(hold), status answered in \(figures.1), started \(figures.2) after descriptors were free (goals: answers < 100 ms, starts < 31 s)")
@@ -294,49 +275,10 @@ func cpuTime() -> Duration {
     return .microseconds(micros)
 }
 
-/// This process's open descriptors.
-func openDescriptors() -> Int {
-    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count).map { $0 - 1 } ?? -1
-}
-
-/// This process's resident memory in KiB.
-func residentKiB() -> Int {
-    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return -1 }
-    let fields = text.split(separator: " ")
-    guard fields.count >= 2, let pages = Int(fields[1]) else { return -1 }
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
-}
-
 /// How many of `pids` are zombies of this process.
 func zombies(among pids: [Int32]) -> Int {
     pids.filter { pid in
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
         return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
     }.count
-}
-
-/// The lines a process writes to `descriptor`, up to and including `last`.
-func readUntil(_ last: String, _ loop: UVEventLoop, _ descriptor: Int32) async throws -> [String] {
-    try await withCheckedThrowingContinuation { done in
-        loop.execute {
-            var lines: [String] = []
-            var finished = false
-            do {
-                _ = try loop.readLines(from: descriptor) { line in
-                    lines.append(line)
-                    if line == last, !finished {
-                        finished = true
-                        done.resume(returning: lines)
-                    }
-                } onEnd: { _ in
-                    if !finished {
-                        finished = true
-                        done.resume(returning: lines)
-                    }
-                }
-            } catch {
-                done.resume(throwing: error)
-            }
-        }
-    }
 }

@@ -1,5 +1,6 @@
 import BackgroundWorkerRuntime
 import BackgroundWorkers
+import TestSupport
 import UVConcurrency
 
 #if canImport(Glibc)
@@ -280,43 +281,6 @@ extension FixtureSupervisor {
             }
         }
     }
-}
-
-/// Runs `body` while this process may open exactly one more descriptor: a pipe (two descriptors) then fails with
-/// EMFILE, while libdispatch can still open the one file it needs to watch its thread pool (it traps when that
-/// fails: a Swift process at its descriptor limit can die in Dispatch whatever else it does).
-func withOneFreeDescriptor<Result>(_ body: () async throws -> Result) async rethrows -> Result {
-    var limit = rlimit()
-    getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-    let lowestFree = dup(0)
-    close(lowestFree)
-    var lowered = limit
-    lowered.rlim_cur = rlim_t(lowestFree + 1)
-    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
-    defer { setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) }
-    return try await body()
-}
-
-/// This process's open descriptors, from /proc/self/fd (less the one reading it).
-func openDescriptors() -> Int {
-    guard let directory = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(directory) }
-    var count = 0
-    while let entry = readdir(directory) {
-        if entry.pointee.d_name.0 != 0x2e { count += 1 }  // not "." or ".."
-    }
-    return count - 1
-}
-
-/// This process's resident memory in KiB, from /proc/self/statm (its second field, in pages).
-func residentKiB() -> Int {
-    guard let file = fopen("/proc/self/statm", "re") else { return -1 }
-    defer { fclose(file) }
-    var buffer = [CChar](repeating: 0, count: 128)
-    guard fgets(&buffer, 128, file) != nil else { return -1 }
-    let fields = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ")
-    guard fields.count >= 2, let pages = Int(fields[1]) else { return -1 }
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
 }
 
 extension WorkerSupervisor.Configuration {
