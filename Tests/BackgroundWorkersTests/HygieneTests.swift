@@ -173,7 +173,7 @@ extension SupervisorTests {
         }
 
         @Test(
-            "SIGUSR1 is a wake-up a worker can take: the runtime's notifications, a shell that ignores it; others are refused",
+            "SIGUSR1 is a wake-up a worker can take: the runtime delivers it as a notification, the Python example handles it",
             arguments: spawnStrategies
         )
         func notificationsDoNotKillWorkers(strategy: UVSpawnStrategy) async throws {
