@@ -8,12 +8,6 @@
 /// The libuv version this module was compiled against, as `UV_VERSION_HEX` (0x012c02 for 1.44.2).
 static inline unsigned int cuv_version_hex(void) { return UV_VERSION_HEX; }
 
-/// Casts a timer to its base handle type (C converts these implicitly; Swift cannot).
-static inline uv_handle_t *cuv_timer_as_handle(uv_timer_t *h) { return (uv_handle_t *)h; }
-/// Casts a signal watcher to its base handle type.
-static inline uv_handle_t *cuv_signal_as_handle(uv_signal_t *h) { return (uv_handle_t *)h; }
-/// Casts a process to its base handle type.
-static inline uv_handle_t *cuv_process_as_handle(uv_process_t *h) { return (uv_handle_t *)h; }
 /// Casts a poll watcher to its base handle type.
 static inline uv_handle_t *cuv_poll_as_handle(uv_poll_t *h) { return (uv_handle_t *)h; }
 /// Casts a prepare handle to its base handle type.

@@ -160,14 +160,6 @@ struct WorkerStateMachine: Equatable {
         return nil
     }
 
-    /// Whether a process runs, or is being started.
-    var hasProcess: Bool {
-        switch self.state {
-        case .running, .starting: true
-        default: false
-        }
-    }
-
     /// Whether a crash reset still waits for this worker's exit.
     var isHeldByCrashReset: Bool {
         if case .running(let running) = self.state { return running.inCrashReset }
