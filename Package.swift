@@ -26,11 +26,16 @@ let package = Package(
         .executable(name: "swift-worker", targets: ["SwiftWorker"]),
         .executable(name: "bgworker-host", targets: ["bgworker-host"]),
         .library(name: "ExampleLibraryWorker", type: .dynamic, targets: ["ExampleLibraryWorker"]),
+        // Database workers: a separate product, so that users of the others never build SwiftNIO.
+        .library(name: "BackgroundWorkersPostgres", targets: ["BackgroundWorkersPostgres"]),
+        .executable(name: "worker-spi", targets: ["WorkerSPI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        // BackgroundWorkersPostgres only.
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         // Tests only: randomized event sequences for the supervisor's rules.
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     ],
@@ -84,6 +89,39 @@ let package = Package(
         .target(
             name: "BackgroundWorkerRuntime",
             dependencies: ["BackgroundWorkerContract", "CWorkerSupport", "StreamSequences"],
+            swiftSettings: swiftSettings
+        ),
+        // Database workers: `initializeConnection` on a real PostgreSQL server (postgres-nio), and the startup
+        // step that waits for the server. Depends on the worker runtime, never on the supervisor.
+        .target(
+            name: "BackgroundWorkersPostgres",
+            dependencies: [
+                "BackgroundWorkerRuntime",
+                "BackgroundWorkerContract",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // PostgreSQL's worker_spi, ported: a supervisor with N static counter workers and a launcher.
+        .executableTarget(
+            name: "WorkerSPI",
+            dependencies: [
+                "BackgroundWorkers", "BackgroundWorkerRuntime", "BackgroundWorkersPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/worker-spi",
+            swiftSettings: swiftSettings
+        ),
+        // A database worker for tests, one mode per case (not a product).
+        .executableTarget(
+            name: "FixtureDatabaseWorker",
+            dependencies: [
+                "BackgroundWorkerRuntime", "BackgroundWorkersPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            path: "Tests/Fixtures/FixtureDatabaseWorker",
             swiftSettings: swiftSettings
         ),
         // Runs library entry points: dlopen + dlsym + call, inside the worker runtime.
@@ -170,6 +208,21 @@ let package = Package(
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BackgroundWorkersPostgresTests",
+            dependencies: [
+                "BackgroundWorkers",
+                "BackgroundWorkersPostgres",
+                "TestSupport",
+                "UVConcurrency",
+                "CWorkerSupport",
+                "WorkerSPI",
+                "FixtureDatabaseWorker",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

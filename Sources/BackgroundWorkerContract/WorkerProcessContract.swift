@@ -13,6 +13,7 @@
 /// | `BGW_READY_FD` | descriptor 4, for workers registered with `reportsReadiness`: the write end of the readiness pipe. Write the line `READY=1` once ready; a line `ERROR=text` says why it fails |
 /// | `BGW_STATUS_FD` | descriptor 4 whenever it is open: for workers with `reportsReadiness` and for those the supervisor runs through the worker runtime itself (library and built-in entry points). `ERROR=text` lines on it are kept by the supervisor (`lastReportedError`); `READY=1` counts only with `reportsReadiness` |
 /// | `BGW_SHM_FD`, `BGW_SHM_SIZE` | descriptor 5 and its size in bytes, for workers with the shared-memory flag when the supervisor has a segment: the supervisor's shared-memory segment (a memfd; `mmap` it `MAP_SHARED`). A crash reset replaces it with a new, zeroed one |
+/// | `BGW_DB_*` | for workers with the database flag: where the PostgreSQL server is and the default role and database (``DatabaseServer`` lists them); a configured password comes as descriptor 6 (`BGW_DB_PASSWORD_FD`), never as a variable |
 ///
 /// Exit codes: 0 means done (the worker is unregistered), 1 means restart after the interval, anything else
 /// (or death by a signal) is a crash.
@@ -30,6 +31,9 @@ public enum WorkerProcessContract {
 
     /// The descriptor number of the shared-memory segment in workers with the shared-memory flag.
     public static let sharedMemoryDescriptor: Int32 = 5
+    /// The descriptor number of the database password (a sealed memfd) in database workers, when the supervisor's
+    /// database server has a password.
+    public static let databasePasswordDescriptor: Int32 = 6
     /// The line a worker writes to its readiness descriptor once it is ready.
     public static let readyLine = "READY=1"
     /// The prefix of a line a worker may write to its readiness (status) descriptor to say why it is failing; the
@@ -73,6 +77,20 @@ public enum WorkerProcessContract {
         public static let sharedMemoryDescriptor = "BGW_SHM_FD"
         /// The shared-memory segment's size in bytes.
         public static let sharedMemorySize = "BGW_SHM_SIZE"
+        /// The database server's Unix socket directory.
+        public static let databaseSocketDirectory = "BGW_DB_SOCKET_DIR"
+        /// The database server's host, for TCP.
+        public static let databaseHost = "BGW_DB_HOST"
+        /// The database server's port.
+        public static let databasePort = "BGW_DB_PORT"
+        /// `disable` or `require`.
+        public static let databaseTLS = "BGW_DB_TLS"
+        /// The default role.
+        public static let databaseUser = "BGW_DB_USER"
+        /// The maintenance database.
+        public static let databaseName = "BGW_DB_NAME"
+        /// The password descriptor's number, when a password is configured.
+        public static let databasePasswordDescriptor = "BGW_DB_PASSWORD_FD"
     }
 
     /// A worker's identity as the contract carries it.

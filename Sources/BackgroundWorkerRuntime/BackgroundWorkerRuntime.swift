@@ -218,6 +218,7 @@ final class Runtime: Sendable {
     let context: WorkerContext
     let body: @Sendable (WorkerContext) async throws -> Void
     let task = BodyTask()
+    let hooks: ContextHooks
 
     init(
         identity: WorkerProcessContract.Identity,
@@ -228,14 +229,23 @@ final class Runtime: Sendable {
         self.body = body
         let task = self.task
         let reloads = SignalRequests()
+        let hooks = ContextHooks()
+        self.hooks = hooks
         let gate = SignalGate(
             onTerminate: {
                 if exitOnTerminate { BackgroundWorkerRuntime.exitNow(1) }
                 task.cancel()
+                hooks.cancelled()
             },
             onReload: { reloads.request() }
         )
-        self.context = WorkerContext(identity: identity, reloads: reloads, notifications: SignalRequests(), signals: gate)
+        self.context = WorkerContext(
+            identity: identity,
+            reloads: reloads,
+            notifications: SignalRequests(),
+            signals: gate,
+            hooks: hooks
+        )
         // The runtime lives until the process ends (`run` never returns): the watcher holds it unretained.
         let error = cws_worker_watch_start(
             identity.aliveDescriptor,
@@ -265,6 +275,7 @@ final class Runtime: Sendable {
         case Int(CWS_WATCH_SUPERVISOR_GONE):
             // The supervisor is gone: cancel, and exit within 100 ms whatever the body does.
             self.task.cancel()
+            self.hooks.cancelled()
         case Int(CWS_WATCH_DEADLINE):
             // No stdio flush here: a body stuck inside stdio (a full pipe) holds its lock, and this exit must
             // happen whatever the body does. printError writes without stdio.
@@ -297,6 +308,7 @@ final class Runtime: Sendable {
             }
             context.reloadRequests.finish()
             context.notificationRequests.finish()
+            if context.hooks.hasCleanups { await context.hooks.runCleanups() }
             done(code)
         }
         // A cancellation that came before this is applied now: the body sees it at its first check.

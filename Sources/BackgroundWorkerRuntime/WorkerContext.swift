@@ -30,10 +30,18 @@ public final class WorkerContext: Sendable {
     let reloadRequests: SignalRequests
     let notificationRequests: SignalRequests
     let signals: SignalGate
+    let hooks: ContextHooks
     private let mapping = RuntimeMutex<UnsafeMutableRawBufferPointer?>(nil)
 
-    init(identity: WorkerProcessContract.Identity, reloads: SignalRequests, notifications: SignalRequests, signals: SignalGate) {
+    init(
+        identity: WorkerProcessContract.Identity,
+        reloads: SignalRequests,
+        notifications: SignalRequests,
+        signals: SignalGate,
+        hooks: ContextHooks
+    ) {
         self.identity = identity
+        self.hooks = hooks
         self.reloadRequests = reloads
         self.notificationRequests = notifications
         self.signals = signals
@@ -96,6 +104,79 @@ public final class WorkerContext: Sendable {
         self.blockSignals()
         defer { self.unblockSignals() }
         return try body()
+    }
+
+    /// Registers `handler` to run once when the body is cancelled: by SIGTERM (when acted on) or because the
+    /// supervisor died. It runs at once on the runtime's watcher thread, so it must be short and must not
+    /// block: close a socket so that a call waiting on it fails now (a database connection in the middle of a
+    /// query, say), never wait for it. Registered after the cancellation, it runs at once.
+    public func onCancel(_ handler: @escaping @Sendable () -> Void) {
+        self.hooks.onCancel(handler)
+    }
+
+    /// Registers `cleanup` to run once after the body ended (returned, threw, or was cancelled), before the
+    /// process exits: clean-ups run one after the other, the last registered first. A worker whose supervisor
+    /// died exits 50 ms after its body was cancelled, clean-ups finished or not.
+    public func addCleanup(_ cleanup: @escaping @Sendable () async -> Void) {
+        self.hooks.addCleanup(cleanup)
+    }
+}
+
+/// The cancel handlers and clean-ups of ``WorkerContext/onCancel(_:)`` and ``WorkerContext/addCleanup(_:)``;
+/// nothing is allocated for a worker that registers none.
+final class ContextHooks: Sendable {
+    private final class Lists {
+        var cancelHandlers: [@Sendable () -> Void] = []
+        var cleanups: [@Sendable () async -> Void] = []
+    }
+
+    private struct State: @unchecked Sendable {
+        var lists: Lists?
+        var cancelled = false
+    }
+
+    private let state = RuntimeMutex(State())
+
+    func onCancel(_ handler: @escaping @Sendable () -> Void) {
+        let now = self.state.withLock { state -> Bool in
+            if state.cancelled { return true }
+            if state.lists == nil { state.lists = Lists() }
+            state.lists?.cancelHandlers.append(handler)
+            return false
+        }
+        if now { handler() }
+    }
+
+    func addCleanup(_ cleanup: @escaping @Sendable () async -> Void) {
+        self.state.withLock { state in
+            if state.lists == nil { state.lists = Lists() }
+            state.lists?.cleanups.append(cleanup)
+        }
+    }
+
+    /// The body was cancelled: runs the cancel handlers, once.
+    func cancelled() {
+        let handlers = self.state.withLock { state -> [@Sendable () -> Void]? in
+            guard !state.cancelled else { return nil }
+            state.cancelled = true
+            defer { state.lists?.cancelHandlers = [] }
+            return state.lists?.cancelHandlers
+        }
+        handlers?.forEach { $0() }
+    }
+
+    /// Whether a clean-up is registered (checked first, so that a worker with none never touches the list).
+    var hasCleanups: Bool {
+        self.state.withLock { $0.lists != nil }
+    }
+
+    /// The body ended: runs the clean-ups, last registered first, once.
+    func runCleanups() async {
+        let cleanups = self.state.withLock { state -> [@Sendable () async -> Void] in
+            defer { state.lists?.cleanups = [] }
+            return state.lists?.cleanups ?? []
+        }
+        for cleanup in cleanups.reversed() { await cleanup() }
     }
 }
 

@@ -22,6 +22,7 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
             case startupFailed
             case loopFailed
             case sharedMemoryFailed
+            case invalidConfiguration
         }
 
         private let base: Base
@@ -49,6 +50,9 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
         public static let loopFailed = Code(.loopFailed)
         /// The shared-memory segment could not be created.
         public static let sharedMemoryFailed = Code(.sharedMemoryFailed)
+        /// A setting of the supervisor's configuration is invalid (``SupervisorError/registrationError`` names
+        /// the field), or a resource it asks for could not be created.
+        public static let invalidConfiguration = Code(.invalidConfiguration)
 
         /// The code's name.
         public var description: String {
@@ -64,6 +68,7 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
             case .startupFailed: "startupFailed"
             case .loopFailed: "loopFailed"
             case .sharedMemoryFailed: "sharedMemoryFailed"
+            case .invalidConfiguration: "invalidConfiguration"
             }
         }
     }

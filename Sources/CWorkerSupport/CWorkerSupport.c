@@ -234,6 +234,24 @@ int cws_memfd(const char *name, uint64_t size) {
     return fd;
 }
 
+int cws_memfd_sealed(const char *name, const void *bytes, size_t length) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return -errno;
+    size_t written = 0;
+    int failed = fchmod(fd, 0600) != 0;
+    while (!failed && written < length) {
+        ssize_t n = write(fd, (const char *)bytes + written, length - written);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) failed = 1; else written += (size_t)n;
+    }
+    if (failed || fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        int err = errno ? errno : EIO;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
 int cws_wait_gone(pid_t pid, int timeout_ms) {
     int fd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (fd < 0) return errno == ESRCH ? 1 : -errno;

@@ -42,6 +42,12 @@ extension WorkerSupervisor {
         /// `UVSpawnStrategy.automatic`), or libuv's `uv_spawn` with its SIGCHLD handling (`.libuv`, which
         /// `fork`s and so slows down as the supervising process grows). Both follow the same rules.
         public var spawnStrategy: UVSpawnStrategy = .automatic
+        /// The PostgreSQL server of workers registered with
+        /// ``BackgroundWorkerContract/BackgroundWorker/Flags/databaseConnection``, handed to them through the
+        /// worker process contract (`BGW_DB_*`; a password as descriptor 6, never in the environment). `nil`
+        /// (the default): such registrations are refused. `BackgroundWorkersPostgres` connects with it on the
+        /// worker side and offers a startup step that waits for it.
+        public var database: DatabaseServer?
 
         /// The defaults.
         public init() {}

@@ -15,6 +15,13 @@ extension WorkerSupervisor {
             RegistrationError(workerName: worker.name, field: field, value: value, rule: rule)
         }
         _ = try Self.identity(of: worker, strategy: self.configuration.spawnStrategy)
+        if worker.flags.contains(.databaseConnection) && self.configuration.database == nil {
+            throw refuse(
+                "flags",
+                "[.sharedMemoryAccess, .databaseConnection]",
+                "but this supervisor has no database server; set Configuration.database to the PostgreSQL server's socket directory or host"
+            )
+        }
         let entry = worker.entryPoint
         if let library = entry.library {
             let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"

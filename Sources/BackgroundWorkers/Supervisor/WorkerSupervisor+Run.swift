@@ -1,4 +1,5 @@
 import BackgroundWorkerContract
+import CWorkerSupport
 import Logging
 import ServiceLifecycle
 import UVConcurrency
@@ -180,6 +181,7 @@ extension WorkerSupervisor: Service {
         self.alivePipe.close()
         self.sharedMemory?.close()
         self.sharedMemory = nil
+        _ = cws_close(self.databasePassword)
         self.clockDeadlines.sleeper?.cancel()
         for continuation in self.eventSubscribers.values { continuation.finish() }
         self.eventSubscribers.removeAll()

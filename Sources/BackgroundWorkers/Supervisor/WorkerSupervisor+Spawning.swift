@@ -40,6 +40,9 @@ extension WorkerSupervisor {
         )
         // Over the supervisor's own (prepared once), the entry point's variables, then the contract's.
         var environment = identity.environment
+        if worker.registration.flags.contains(.databaseConnection), let database = self.configuration.database {
+            environment.merge(database.environment) { contract, _ in contract }
+        }
         environment.merge(executable.environment) { contract, _ in contract }
         var options = UVSpawnOptions(
             executable: executable.path,
@@ -63,6 +66,9 @@ extension WorkerSupervisor {
         options.descriptors[WorkerProcessContract.aliveDescriptor] = self.alivePipe.readEnd
         if worker.usesSharedMemory, let segment = self.sharedMemory {
             options.descriptors[WorkerProcessContract.sharedMemoryDescriptor] = segment.descriptor
+        }
+        if worker.registration.flags.contains(.databaseConnection), self.databasePassword >= 0 {
+            options.descriptors[WorkerProcessContract.databasePasswordDescriptor] = self.databasePassword
         }
 
         var readiness: UVPipePair?

@@ -1,4 +1,5 @@
 @_exported import BackgroundWorkerContract
+import CWorkerSupport
 import Logging
 import Metrics
 import UVConcurrency
@@ -47,6 +48,8 @@ public actor WorkerSupervisor {
     /// The shared-memory segment of this generation of shared state; replaced by every crash reset.
     var sharedMemory: SharedMemorySegment?
     var sharedMemoryGeneration = 0
+    /// The database password as a sealed memfd, handed to database workers as descriptor 6; -1 for none.
+    let databasePassword: Int32
     var eventSubscribers: [UInt64: AsyncStream<WorkerEvent>.Continuation] = [:]
     var nextSubscriber: UInt64 = 0
     /// Tasks waiting in `waitUntilStopped()`.
@@ -89,24 +92,52 @@ public actor WorkerSupervisor {
         } catch {
             throw SupervisorError(.loopFailed, "keeping SIGUSR1 handled in this process: \(error)", underlying: error)
         }
+        if let database = configuration.database {
+            do {
+                try database.validate()
+            } catch {
+                throw SupervisorError(.invalidConfiguration, "invalid database server: \(error)", registrationError: error)
+            }
+        }
         // First what can fail without leaving a thread behind.
-        let sharedMemory =
+        var databasePassword: Int32 = -1
+        if let password = configuration.database?.password {
+            databasePassword = Array(password.utf8).withUnsafeBytes {
+                cws_memfd_sealed("bgworker-db-password", $0.baseAddress, $0.count)
+            }
+            guard databasePassword >= 0 else {
+                throw SupervisorError(
+                    .invalidConfiguration,
+                    "holding the database password in a sealed memfd failed: errno \(-databasePassword)"
+                )
+            }
+        }
+        let sharedMemory: SharedMemorySegment?
+        do {
+            sharedMemory =
             configuration.sharedMemorySize > 0
             ? try SharedMemorySegment(size: configuration.sharedMemorySize, generation: 0) : nil
+        } catch {
+            _ = cws_close(databasePassword)
+            throw error
+        }
         do {
             self.alivePipe = try UVPipePair()
         } catch {
             sharedMemory?.close()
+            _ = cws_close(databasePassword)
             throw SupervisorError(.loopFailed, "creating the supervisor-alive pipe: \(error)", underlying: error)
         }
         do {
             self.loop = try UVEventLoop(name: configuration.loopName)
         } catch {
             sharedMemory?.close()
+            _ = cws_close(databasePassword)
             self.alivePipe.close()
             throw SupervisorError(.loopFailed, "creating the supervisor's event loop: \(error)", underlying: error)
         }
         self.sharedMemory = sharedMemory
+        self.databasePassword = databasePassword
         self.configuration = configuration
         self.logger = configuration.logger
         self.clock = SupervisorClock(configuration.clock)
@@ -130,6 +161,7 @@ public actor WorkerSupervisor {
         if !self.closed {
             self.alivePipe.close()
             self.sharedMemory?.close()
+            _ = cws_close(self.databasePassword)
         }
         self.loop.requestShutdown()
     }

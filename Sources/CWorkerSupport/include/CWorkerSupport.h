@@ -69,6 +69,11 @@ int cws_spawn(const char *file, char *const argv[], char *const envp[], const ch
 /// descriptor or -errno.
 int cws_memfd(const char *name, uint64_t size);
 
+/// Creates a close-on-exec memfd of mode 0600 holding `length` bytes of `bytes`, sealed against every change
+/// (writes, shrinking, growing, further seals): a secret handed to a worker as a descriptor, never through its
+/// environment or command line. Returns the descriptor or -errno.
+int cws_memfd_sealed(const char *name, const void *bytes, size_t length);
+
 /// Waits up to `timeout_ms` for process `pid` (any process, not only a child) to end, through a pidfd.
 /// Returns 1 when it ended (or no longer exists), 0 on timeout, or -errno.
 int cws_wait_gone(pid_t pid, int timeout_ms);

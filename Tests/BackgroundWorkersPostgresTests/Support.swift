@@ -1,0 +1,97 @@
+import BackgroundWorkers
+import Foundation
+import Logging
+import Synchronization
+import Testing
+
+/// The directory of this test binary, where SwiftPM puts the package's executables too.
+let buildDirectory: String = {
+    let me = CommandLine.arguments[0]
+    return me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+}()
+
+/// A registration of the database fixture worker (`Tests/Fixtures/FixtureDatabaseWorker`) in `mode`.
+func databaseWorker(_ name: String, _ arguments: [String], flags: BackgroundWorker.Flags = [.sharedMemoryAccess, .databaseConnection]) -> BackgroundWorker {
+    var worker = BackgroundWorker(name: name, entryPoint: .executable(buildDirectory + "/FixtureDatabaseWorker", arguments: arguments))
+    worker.flags = flags
+    worker.startTime = flags.contains(.databaseConnection) ? .recoveryFinished : .supervisorStart
+    worker.restartInterval = .never
+    worker.reportsReadiness = true
+    worker.stopGracePeriod = .seconds(10)
+    return worker
+}
+
+/// A supervisor whose database is `server`.
+func withDatabaseSupervisor(
+    _ server: DatabaseServer,
+    configure: (inout WorkerSupervisor.Configuration) -> Void = { _ in },
+    _ body: (WorkerSupervisor) async throws -> Void
+) async throws {
+    var configuration = WorkerSupervisor.Configuration()
+    configuration.database = server
+    configuration.logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+    configure(&configuration)
+    try await withWorkerSupervisor(configuration: configuration) { supervisor in
+        try await body(supervisor)
+    }
+}
+
+/// Waits until `handle`'s worker stopped for good and returns the last `ERROR=` line it wrote.
+func reportedError(_ handle: BackgroundWorkerHandle) async throws -> String {
+    _ = try await handle.waitForShutdown()
+    return await handle.lastReportedError ?? "(none)"
+}
+
+/// Waits, up to `seconds`, until `condition` holds; checks it every 50 ms (the server has no event to await).
+func eventually(within seconds: Int = 20, _ condition: () throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while ContinuousClock.now < deadline {
+        if try condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try condition()
+}
+
+/// Collects log messages and lets a test await one.
+final class LogCollector: Sendable {
+    private let state = Mutex<(messages: [String], waiters: [(String, CheckedContinuation<Void, Never>)])>(([], []))
+
+    var logger: Logger {
+        Logger(label: "collector") { _ in CollectingHandler(collector: self) }
+    }
+
+    func add(_ message: String) {
+        let ready = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.messages.append(message)
+            let (matched, rest) = (state.waiters.filter { message.contains($0.0) }, state.waiters.filter { !message.contains($0.0) })
+            state.waiters = rest
+            return matched.map(\.1)
+        }
+        ready.forEach { $0.resume() }
+    }
+
+    /// Returns once a message containing `text` was logged.
+    func waitFor(_ text: String) async {
+        await withCheckedContinuation { continuation in
+            let now = self.state.withLock { state -> Bool in
+                if state.messages.contains(where: { $0.contains(text) }) { return true }
+                state.waiters.append((text, continuation))
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+}
+
+struct CollectingHandler: LogHandler {
+    let collector: LogCollector
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .debug
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { self.metadata[key] }
+        set { self.metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        self.collector.add("\(event.message)")
+    }
+}
