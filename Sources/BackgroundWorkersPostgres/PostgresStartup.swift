@@ -43,7 +43,7 @@ public enum PostgresStartup {
         var reportedConsistent = false
         var lastReason: String?
         var connection: PostgresConnection?
-        defer { if let connection { connection.close().whenComplete { _ in } } }
+        defer { if let connection { closeKeepingAlive(connection) } }
         while true {
             try Task.checkCancellation()
             do {
@@ -78,7 +78,7 @@ public enum PostgresStartup {
                     logger.debug("still waiting for the database server: \(reason)")
                 }
                 lastReason = reason
-                if let old = connection { old.close().whenComplete { _ in } }
+                if let old = connection { closeKeepingAlive(old) }
                 connection = nil
             }
             try await Task.sleep(for: delay)

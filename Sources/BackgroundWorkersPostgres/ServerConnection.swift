@@ -102,3 +102,9 @@ func readSecret(_ descriptor: Int32) -> String? {
     }
     return String(decoding: bytes.prefix(total), as: UTF8.self)
 }
+
+/// Starts closing `connection` without waiting, and holds it until it is closed: postgres-nio's connection must
+/// not be released while its channel is still open.
+func closeKeepingAlive(_ connection: PostgresConnection) {
+    connection.close().whenComplete { _ in withExtendedLifetime(connection) {} }
+}

@@ -121,7 +121,7 @@ extension WorkerContext {
         }
         DatabaseConnectionState.shared.connected()
         // Cancelled (SIGTERM, supervisor gone): close now, so that a query in flight fails at once.
-        self.onCancel { connection.close().whenComplete { _ in } }
+        self.onCancel { closeKeepingAlive(connection) }
         // Ended: close cleanly before the process exits.
         self.addCleanup { try? await connection.close() }
         return connection

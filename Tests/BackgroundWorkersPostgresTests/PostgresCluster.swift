@@ -54,7 +54,6 @@ final class PostgresCluster: Sendable {
             port = \(cluster.port)
             fsync = off
             full_page_writes = off
-            max_connections = 40
             shared_buffers = 16MB
             """
         try append(settings, to: cluster.dataDirectory + "/postgresql.conf")

@@ -54,32 +54,57 @@ func eventually(within seconds: Int = 20, _ condition: () throws -> Bool) async 
 
 /// Collects log messages and lets a test await one.
 final class LogCollector: Sendable {
-    private let state = Mutex<(messages: [String], waiters: [(String, CheckedContinuation<Void, Never>)])>(([], []))
+    private struct Waiter {
+        let id: Int
+        let text: String
+        let continuation: CheckedContinuation<Bool, Never>
+    }
+
+    private let state = Mutex<(messages: [String], waiters: [Waiter], nextID: Int)>(([], [], 0))
 
     var logger: Logger {
         Logger(label: "collector") { _ in CollectingHandler(collector: self) }
     }
 
     func add(_ message: String) {
-        let ready = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let ready = self.state.withLock { state -> [Waiter] in
             state.messages.append(message)
-            let (matched, rest) = (state.waiters.filter { message.contains($0.0) }, state.waiters.filter { !message.contains($0.0) })
-            state.waiters = rest
-            return matched.map(\.1)
+            let matched = state.waiters.filter { message.contains($0.text) }
+            state.waiters.removeAll { message.contains($0.text) }
+            return matched
         }
-        ready.forEach { $0.resume() }
+        ready.forEach { $0.continuation.resume(returning: true) }
     }
 
-    /// Returns once a message containing `text` was logged.
-    func waitFor(_ text: String) async {
-        await withCheckedContinuation { continuation in
-            let now = self.state.withLock { state -> Bool in
-                if state.messages.contains(where: { $0.contains(text) }) { return true }
-                state.waiters.append((text, continuation))
-                return false
-            }
-            if now { continuation.resume() }
+    /// Returns true once a message containing `text` was logged, false if the task was cancelled first (a
+    /// test's time limit cancels it).
+    @discardableResult
+    func waitFor(_ text: String) async -> Bool {
+        let id = self.state.withLock { state -> Int in
+            state.nextID += 1
+            return state.nextID
         }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let now = self.state.withLock { state -> Bool in
+                    if state.messages.contains(where: { $0.contains(text) }) { return true }
+                    if Task.isCancelled { return true }
+                    state.waiters.append(Waiter(id: id, text: text, continuation: continuation))
+                    return false
+                }
+                if now { continuation.resume(returning: self.contains(text)) }
+            }
+        } onCancel: {
+            let waiter = self.state.withLock { state -> Waiter? in
+                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiters.remove(at: index)
+            }
+            waiter?.continuation.resume(returning: false)
+        }
+    }
+
+    private func contains(_ text: String) -> Bool {
+        self.state.withLock { $0.messages.contains { $0.contains(text) } }
     }
 }
 
