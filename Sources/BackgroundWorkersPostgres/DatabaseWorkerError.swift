@@ -62,6 +62,13 @@ public struct DatabaseWorkerError: Error, Hashable, Sendable, CustomStringConver
 
     /// `code: message`.
     public var description: String { "\(self.code): \(self.message)" }
+
+    /// What any error of a database call says, for a person and for an `ERROR=` line: for a postgres-nio
+    /// error the server's message and SQLSTATE (its own description hides them, to keep query text out of
+    /// logs), otherwise the error's description.
+    public static func describe(_ error: any Error) -> String {
+        explain(error).text
+    }
 }
 
 /// What a postgres-nio error says, for a person: the server's message and SQLSTATE when it sent one (a

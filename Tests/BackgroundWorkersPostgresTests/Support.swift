@@ -57,6 +57,7 @@ final class LogCollector: Sendable {
     private struct Waiter {
         let id: Int
         let text: String
+        let count: Int
         let continuation: CheckedContinuation<Bool, Never>
     }
 
@@ -69,17 +70,21 @@ final class LogCollector: Sendable {
     func add(_ message: String) {
         let ready = self.state.withLock { state -> [Waiter] in
             state.messages.append(message)
-            let matched = state.waiters.filter { message.contains($0.text) }
-            state.waiters.removeAll { message.contains($0.text) }
+            let messages = state.messages
+            func satisfied(_ waiter: Waiter) -> Bool {
+                message.contains(waiter.text) && messages.count { $0.contains(waiter.text) } >= waiter.count
+            }
+            let matched = state.waiters.filter(satisfied)
+            state.waiters.removeAll(where: satisfied)
             return matched
         }
         ready.forEach { $0.continuation.resume(returning: true) }
     }
 
-    /// Returns true once a message containing `text` was logged, false if the task was cancelled first (a
-    /// test's time limit cancels it).
+    /// Returns true once `count` messages containing `text` were logged, false if the task was cancelled first
+    /// (a test's time limit cancels it).
     @discardableResult
-    func waitFor(_ text: String) async -> Bool {
+    func waitFor(_ text: String, count: Int = 1) async -> Bool {
         let id = self.state.withLock { state -> Int in
             state.nextID += 1
             return state.nextID
@@ -87,12 +92,12 @@ final class LogCollector: Sendable {
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let now = self.state.withLock { state -> Bool in
-                    if state.messages.contains(where: { $0.contains(text) }) { return true }
+                    if state.messages.count(where: { $0.contains(text) }) >= count { return true }
                     if Task.isCancelled { return true }
-                    state.waiters.append(Waiter(id: id, text: text, continuation: continuation))
+                    state.waiters.append(Waiter(id: id, text: text, count: count, continuation: continuation))
                     return false
                 }
-                if now { continuation.resume(returning: self.contains(text)) }
+                if now { continuation.resume(returning: self.occurrences(of: text) >= count) }
             }
         } onCancel: {
             let waiter = self.state.withLock { state -> Waiter? in
@@ -103,8 +108,8 @@ final class LogCollector: Sendable {
         }
     }
 
-    private func contains(_ text: String) -> Bool {
-        self.state.withLock { $0.messages.contains { $0.contains(text) } }
+    private func occurrences(of text: String) -> Int {
+        self.state.withLock { $0.messages.count { $0.contains(text) } }
     }
 }
 
