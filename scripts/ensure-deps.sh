@@ -6,6 +6,12 @@ set -euo pipefail
 missing=()
 pkg-config --exists libuv 2>/dev/null || missing+=(libuv1-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# The tests (BGW_NEED_POSTGRES=1, set by scripts/test.sh) start throwaway PostgreSQL clusters: the server's
+# programs (initdb, pg_ctl, postgres) and psql. Debian 12's `postgresql` is version 15.
+if [ "${BGW_NEED_POSTGRES:-0}" = 1 ]; then
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+    command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+fi
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}" >&2
     sudo=""

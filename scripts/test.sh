@@ -2,7 +2,7 @@
 # Quick start, command 2: builds everything (warnings are errors in our targets) and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/ensure-deps.sh
+BGW_NEED_POSTGRES=1 source scripts/ensure-deps.sh
 swift build --build-tests
 # The examples must run, too.
 swift run loop-demo >/dev/null

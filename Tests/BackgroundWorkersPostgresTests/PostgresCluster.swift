@@ -40,6 +40,11 @@ final class PostgresCluster: Sendable {
 
     /// Creates a cluster (not started).
     static func create() throws -> PostgresCluster {
+        guard access(Self.binDirectory + "/initdb", X_OK) == 0 else {
+            throw ClusterError(
+                "PostgreSQL's server programs are not in \(Self.binDirectory); install Debian's postgresql package (scripts/test.sh does) or set PG_BINDIR"
+            )
+        }
         var template = Array("/tmp/bgw-pg-XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw ClusterError("mkdtemp failed: errno \(errno)") }
         let directory = String(cString: made)
