@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/package-benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // Baselines in C: posix_spawn + waitpid, and libuv's uv_spawn used directly.
@@ -98,6 +99,31 @@ let package = Package(
                 "BenchSwiftWorker",
             ],
             path: "Benchmarks/Worker",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
+        // A database worker: connects, reports ready, returns.
+        .executableTarget(
+            name: "BenchDatabaseWorker",
+            dependencies: [
+                .product(name: "BackgroundWorkerRuntime", package: "swift-background-workers"),
+                .product(name: "BackgroundWorkersPostgres", package: "swift-background-workers"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        // Needs a server: run through ./with-postgres.sh.
+        .executableTarget(
+            name: "Database",
+            dependencies: [
+                "BenchmarkSupport",
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "BackgroundWorkers", package: "swift-background-workers"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                "BenchDatabaseWorker",
+                "BenchSwiftWorker",
+            ],
+            path: "Benchmarks/Database",
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),

@@ -27,3 +27,20 @@ public func timeInRotation(
     }
     return elapsed
 }
+
+/// Like ``timeInRotation(turn:batch:_:)``, for contenders that time only part of their run themselves (a start,
+/// not the clean-up after it): each returns what it measured; the sums per contender are returned in order.
+public func measuredInRotation(
+    turn: Int,
+    batch: Int,
+    _ contenders: [() async throws -> Duration]
+) async throws -> [Duration] {
+    var elapsed = [Duration](repeating: .zero, count: contenders.count)
+    for step in 0..<contenders.count {
+        let which = (step + turn) % contenders.count
+        for _ in 0..<batch {
+            elapsed[which] += try await contenders[which]()
+        }
+    }
+    return elapsed
+}
