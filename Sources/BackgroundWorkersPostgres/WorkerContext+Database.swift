@@ -8,7 +8,8 @@ extension WorkerContext {
     /// Connects this worker to a database of the supervisor's PostgreSQL server: PostgreSQL's
     /// `BackgroundWorkerInitializeConnection(dbname, username)`.
     ///
-    /// Allowed once per worker process, and only in a worker registered with `.databaseConnection`. The
+    /// Allowed once per worker process, and only in a worker registered with `.databaseConnection` (a failed
+    /// attempt does not count: PostgreSQL's worker would have exited with it, here it may retry). The
     /// server, port, TLS mode, default role and password are the supervisor's `Configuration.database`,
     /// passed through the worker process contract (the password as descriptor 6, never in the environment).
     ///
