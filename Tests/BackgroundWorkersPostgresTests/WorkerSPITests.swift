@@ -99,4 +99,25 @@ struct WorkerSPITests {
         #expect(await program.waitFor("worker-spi: stopped"))
         try await program.close()
     }
+
+    @Test("a supervisor SIGKILLed: its database workers are gone and so are their server sessions")
+    func supervisorKilled() async throws {
+        let cluster = try cluster
+        let config = cluster.directory + "/worker_spi_killed.conf"
+        try "naptime = 3600\ndatabase = postgres\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let program = try await ProgramLines(
+            buildDirectory + "/worker-spi",
+            ["--socket-dir", cluster.socketDirectory, "--port", String(cluster.port), "--user", "postgres",
+             "--workers", "2", "--launch", "0", "--config", config]
+        )
+        for index in 1...2 { #expect(await program.waitFor("worker_spi \(index): schema\(index).counted initialized")) }
+        let sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'worker_spi %' AND datname = 'postgres'"
+        #expect(try cluster.sql(sessions) == "2")
+        kill(program.process.pid, SIGKILL)
+        #expect(try await program.process.waitForExit() == .signaled(.kill))
+        // The guardian kills the workers' process groups; the kernel closes their sockets and the server ends
+        // their backends.
+        #expect(try await eventually { try cluster.sql(sessions) == "0" })
+        try await program.close()
+    }
 }
