@@ -20,12 +20,7 @@ let benchmarks: @Sendable () -> Void = {
     }
     let server = DatabaseServer(.unixSocket(directory: directory), port: port, defaultUser: environment("BGW_BENCH_PG_USER") ?? "postgres")
 
-    let executables: String = {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let count = readlink("/proc/self/exe", &buffer, 4095)
-        let path = String(decoding: buffer.prefix(max(0, count)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-    }()
+    let executables = executableDirectory
     var configuration = WorkerSupervisor.Configuration()
     configuration.logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
     configuration.database = server

@@ -18,12 +18,7 @@ let benchmarks: @Sendable () -> Void = {
         maxIterations: 1000
     )
 
-    let directory: String = {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let count = readlink("/proc/self/exe", &buffer, 4095)
-        let path = String(decoding: buffer.prefix(max(0, count)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-    }()
+    let directory = executableDirectory
     var configuration = WorkerSupervisor.Configuration()
     configuration.logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
     let supervisor = try! WorkerSupervisor(configuration: configuration)

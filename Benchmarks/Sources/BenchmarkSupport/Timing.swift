@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Whole nanoseconds in a duration, for the custom metrics of the interleaved benchmarks.
 public func nanoseconds(_ duration: Duration) -> Int {
     Int(duration.components.seconds) * 1_000_000_000 + Int(duration.components.attoseconds / 1_000_000_000)
@@ -16,16 +20,13 @@ public func timeInRotation(
     batch: Int,
     _ contenders: [() async throws -> Void]
 ) async throws -> [Duration] {
-    var elapsed = [Duration](repeating: .zero, count: contenders.count)
-    for step in 0..<contenders.count {
-        let which = (step + turn) % contenders.count
-        let start = ContinuousClock.now
-        for _ in 0..<batch {
-            try await contenders[which]()
+    try await measuredInRotation(turn: turn, batch: batch, contenders.map { contender in
+        {
+            let start = ContinuousClock.now
+            try await contender()
+            return start.duration(to: .now)
         }
-        elapsed[which] = start.duration(to: .now)
-    }
-    return elapsed
+    })
 }
 
 /// Like ``timeInRotation(turn:batch:_:)``, for contenders that time only part of their run themselves (a start,
@@ -44,3 +45,11 @@ public func measuredInRotation(
     }
     return elapsed
 }
+
+/// The directory of the running benchmark's executable, where SwiftPM puts the package's other executables.
+public let executableDirectory: String = {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let count = readlink("/proc/self/exe", &buffer, 4095)
+    let path = String(decoding: buffer.prefix(max(0, count)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+}()
