@@ -102,6 +102,7 @@ extension WorkerSupervisor {
         self.clockDeadlines.removeAll(of: final.id)
         self.resources[final.id.slot] = nil
         self.metrics.slotsInUse.record(self.machine.slotsInUse)
+        self.slotFreed()
     }
 
     /// Every shared-memory worker is gone: replace the segment with a new, zeroed one (PG-13).

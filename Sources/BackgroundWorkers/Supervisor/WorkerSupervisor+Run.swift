@@ -145,6 +145,7 @@ extension WorkerSupervisor: Service {
         var actions: [SupervisorAction] = []
         self.machine.shutdown(mode, self.readings(), &actions)
         self.perform(actions)
+        self.wakeAllSlotWaiters()
     }
 
     /// Starts the guardian that kills every worker's group if this process dies without a shutdown. A supervisor

@@ -54,6 +54,8 @@ public actor WorkerSupervisor {
     var nextSubscriber: UInt64 = 0
     /// Tasks waiting in `waitUntilStopped()`.
     var stopWaiters = UVWaiterList<Void>()
+    /// Registrations waiting for a free slot, in the order they are served.
+    var slotWaiters: [SlotWaiter] = []
     /// Whether `serve()` runs (it then stops the loop at the end); otherwise stopping does.
     var isServing = false
     var startupError: (any Error)?
