@@ -7,6 +7,7 @@
 /// | `BGW_DB_SOCKET_DIR` or `BGW_DB_HOST` | the Unix socket directory (the server's `unix_socket_directories`), or a host name or address for TCP |
 /// | `BGW_DB_PORT` | the port (for a Unix socket it names the socket file, `.s.PGSQL.<port>`) |
 /// | `BGW_DB_TLS` | `disable` or `require` (TCP only) |
+/// | `BGW_DB_TLS_ROOT_CERT` | with `require`, when set: the PEM file of the certificate authorities to trust instead of the system's (libpq's `sslrootcert`) |
 /// | `BGW_DB_USER` | the role used when a worker names none |
 /// | `BGW_DB_NAME` | the maintenance database, used when a worker names none |
 /// | `BGW_DB_PASSWORD_FD` | descriptor 6, only when a password is configured: a sealed, read-only memfd holding the password's UTF-8 bytes; read it with `pread` from offset 0 |
@@ -38,6 +39,10 @@ public struct DatabaseServer: Sendable, Hashable {
     public var port: Int
     /// TLS for TCP connections; must be ``TLSMode/disable`` for a Unix socket. Default disable.
     public var tls: TLSMode
+    /// With ``TLSMode/require``: the absolute path of a PEM file of the certificate authorities to trust
+    /// instead of the system's (libpq's `sslrootcert`), for a server whose certificate a private authority
+    /// signed. `nil` (the default) trusts the system's roots.
+    public var tlsRootCertificates: String?
     /// The role a worker connects as when it names none (PostgreSQL's bootstrap superuser in the seed; here
     /// the role the supervisor's operator chose).
     public var defaultUser: String
@@ -71,6 +76,7 @@ public struct DatabaseServer: Sendable, Hashable {
         self.defaultUser = defaultUser
         self.maintenanceDatabase = maintenanceDatabase
         self.password = password
+        self.tlsRootCertificates = nil
     }
 
     /// The longest host, directory, role or database name accepted (PostgreSQL's identifiers are shorter;
@@ -104,6 +110,15 @@ public struct DatabaseServer: Sendable, Hashable {
         case .tcp(let host):
             try text("location", host)
         }
+        if let roots = self.tlsRootCertificates {
+            try text("tlsRootCertificates", roots)
+            guard self.tls == .require else {
+                throw refuse("tlsRootCertificates", "'\(roots)'", "but TLS is off; set tls to .require, or leave tlsRootCertificates nil")
+            }
+            guard roots.hasPrefix("/") else {
+                throw refuse("tlsRootCertificates", "'\(roots)'", "which is not an absolute path")
+            }
+        }
         guard (1...65535).contains(self.port) else {
             throw refuse("port", "\(self.port)", "which is outside 1...65535")
         }
@@ -130,6 +145,7 @@ public struct DatabaseServer: Sendable, Hashable {
         case .unixSocket(let directory): result[Variable.databaseSocketDirectory] = directory
         case .tcp(let host): result[Variable.databaseHost] = host
         }
+        if let roots = self.tlsRootCertificates { result[Variable.databaseTLSRootCertificates] = roots }
         if self.password != nil {
             result[Variable.databasePasswordDescriptor] = String(WorkerProcessContract.databasePasswordDescriptor)
         }
@@ -175,6 +191,7 @@ public struct DatabaseServer: Sendable, Hashable {
             throw RegistrationError(workerName: name, field: Variable.databaseTLS, value: "'\(tlsText)'", rule: "which is neither disable nor require")
         }
         self.tls = tls
+        self.tlsRootCertificates = lookup(Variable.databaseTLSRootCertificates)
         self.defaultUser = try value(Variable.databaseUser)
         self.maintenanceDatabase = try value(Variable.databaseName)
         if let descriptorText = lookup(Variable.databasePasswordDescriptor) {

@@ -85,6 +85,8 @@ public enum WorkerProcessContract {
         public static let databasePort = "BGW_DB_PORT"
         /// `disable` or `require`.
         public static let databaseTLS = "BGW_DB_TLS"
+        /// The PEM file of certificate authorities to trust for TLS, when set.
+        public static let databaseTLSRootCertificates = "BGW_DB_TLS_ROOT_CERT"
         /// The default role.
         public static let databaseUser = "BGW_DB_USER"
         /// The maintenance database.

@@ -47,10 +47,15 @@ extension DatabaseServer {
             case .disable:
                 tls = .disable
             case .require:
+                var configuration = TLSConfiguration.makeClientConfiguration()
+                if let roots = self.tlsRootCertificates { configuration.trustRoots = .file(roots) }
                 do {
-                    tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+                    tls = .require(try NIOSSLContext(configuration: configuration))
                 } catch {
-                    throw DatabaseWorkerError(.connectionFailed, "setting up TLS for \(host):\(self.port) failed: \(error)")
+                    throw DatabaseWorkerError(
+                        .connectionFailed,
+                        "setting up TLS for \(host):\(self.port)\(self.tlsRootCertificates.map { " with root certificates \($0)" } ?? "") failed: \(error)"
+                    )
                 }
             }
             configuration = .init(host: host, port: self.port, username: user, password: self.password, database: database, tls: tls)

@@ -77,6 +77,22 @@ final class PostgresCluster: Sendable {
         try self.server("pg_ctl", ["-D", self.dataDirectory, "-m", mode, "-w", "-t", "60", "stop"])
     }
 
+    /// Makes the stopped cluster listen on 127.0.0.1 with TLS only (a self-signed certificate for `localhost`,
+    /// `server.crt` in the cluster's folder) besides its Unix socket.
+    func enableTLS() throws {
+        let crt = self.dataDirectory + "/server.crt"
+        let key = self.dataDirectory + "/server.key"
+        try self.server(
+            "/usr/bin/openssl",
+            ["req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+             "-keyout", key, "-out", crt]
+        )
+        try Self.run("/bin/cp", [crt, self.directory + "/root.crt"])
+        try Self.append("listen_addresses = '127.0.0.1'\nssl = on\n", to: self.dataDirectory + "/postgresql.conf")
+        try ("hostssl all all 127.0.0.1/32 trust\nlocal all all trust\n")
+            .write(toFile: self.dataDirectory + "/pg_hba.conf", atomically: false, encoding: .utf8)
+    }
+
     /// Turns the stopped cluster into a standby (recovery with no primary: it accepts read-only connections).
     func makeStandby() throws {
         try self.server("/usr/bin/touch", [self.dataDirectory + "/standby.signal"])
@@ -155,7 +171,7 @@ final class PostgresCluster: Sendable {
         return text
     }
 
-    private static func append(_ text: String, to path: String) throws {
+    static func append(_ text: String, to path: String) throws {
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         defer { try? handle.close() }
         try handle.seekToEnd()

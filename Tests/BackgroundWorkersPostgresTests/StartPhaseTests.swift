@@ -104,3 +104,39 @@ extension BackgroundWorker {
         return copy
     }
 }
+
+/// TCP with TLS, against a cluster that accepts TLS connections only.
+@Suite(.timeLimit(.minutes(1)))
+struct TLSTests {
+    @Test("TLS required over TCP: trusted with the configured root, refused without it, and refused by the server when off")
+    func tls() async throws {
+        try await PostgresCluster.withCluster(started: false) { cluster in
+            try cluster.enableTLS()
+            try cluster.start()
+            var server = DatabaseServer(.tcp(host: "localhost"), port: cluster.port, tls: .require, defaultUser: cluster.superuser)
+            server.tlsRootCertificates = cluster.directory + "/root.crt"
+            try await withDatabaseSupervisor(server) { supervisor in
+                let handle = try await supervisor.register(databaseWorker("tls", ["by-name", "-", "-"]))
+                let pid = try await handle.waitForReady()
+                _ = pid
+                #expect(try cluster.sql("SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'tls'") == "t")
+                await handle.terminate()
+                _ = try await handle.waitForShutdown()
+            }
+            // The system's roots do not know the self-signed certificate.
+            server.tlsRootCertificates = nil
+            try await withDatabaseSupervisor(server) { supervisor in
+                let handle = try await supervisor.register(databaseWorker("untrusted", ["by-name", "-", "-"]))
+                let error = try await reportedError(handle)
+                #expect(error.contains("connectionFailed") && error.contains("localhost:\(cluster.port)") && error.contains("CERTIFICATE_VERIFY_FAILED"), "\(error)")
+            }
+            // Without TLS, the server's rules refuse the connection, and say so.
+            server.tls = .disable
+            try await withDatabaseSupervisor(server) { supervisor in
+                let handle = try await supervisor.register(databaseWorker("plain", ["by-name", "-", "-"]))
+                let error = try await reportedError(handle)
+                #expect(error.contains("no encryption") && error.contains("28000"), "\(error)")
+            }
+        }
+    }
+}
