@@ -21,6 +21,19 @@ struct SwiftWorker: BackgroundWorkerMain {
         switch mode {
         case "return":
             return
+        case "hooks", "hooks-return":  // appends C (cancelled), then B and A (clean-ups, last first) to the file
+            let path = CommandLine.arguments.dropFirst(2).first ?? "/dev/null"
+            let append: @Sendable (String) -> Void = { text in
+                guard let file = fopen(path, "ae") else { return }
+                fputs(text, file)
+                fclose(file)
+            }
+            worker.addCleanup { append("A") }
+            worker.addCleanup { append("B") }
+            worker.onCancel { append("C") }
+            if mode == "hooks-return" { return }
+            try worker.reportReady()
+            while true { try await Task.sleep(for: .seconds(3600)) }
         case "throw":
             throw Failure()
         case "notified":  // ready, then exits 0 at its first SIGUSR1 notification

@@ -60,6 +60,36 @@ extension SupervisorTests {
             }
         }
 
+        @Test("cancel handlers run on SIGTERM; clean-ups run after the body ends, last registered first")
+        func cancelHandlersAndCleanups() async throws {
+            let path = "/tmp/bgw-hooks-\(getpid())"
+            defer { unlink(path) }
+            func contents() -> String {
+                guard let file = fopen(path, "re") else { return "" }
+                defer { fclose(file) }
+                var buffer = [CChar](repeating: 0, count: 64)
+                guard fgets(&buffer, 64, file) != nil else { return "" }
+                return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            try await withSupervisor { supervisor in
+                var worker = BackgroundWorker(name: "hooks", entryPoint: .executable(Self.workerPath, arguments: ["hooks", path]))
+                worker.restartInterval = .never
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                _ = try await handle.waitForReady()
+                await handle.terminate()
+                _ = try await handle.waitForShutdown()
+                #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))
+                #expect(contents() == "CBA")
+                unlink(path)
+                worker.entryPoint = .executable(Self.workerPath, arguments: ["hooks-return", path])
+                let returning = try await supervisor.register(worker)
+                _ = try await returning.waitForShutdown()
+                #expect(await returning.detail == .unregistered(.completed, lastExit: .exited(0)))
+                #expect(contents() == "BA")
+            }
+        }
+
         @Test("terminate: SIGTERM cancels the body, the worker exits 1 and is not restarted")
         func sigtermCancels() async throws {
             try await withSupervisor { supervisor in
