@@ -46,16 +46,21 @@ final class ProgramLines: Sendable {
 
 @Suite(.sharedCluster, .timeLimit(.minutes(2)))
 struct WorkerSPITests {
+    /// Writes `settings` to `config` and starts the example with two static workers and `launch` launched ones.
+    func startWorkerSPI(_ cluster: PostgresCluster, config: String, settings: String, launch: Int) async throws -> ProgramLines {
+        try settings.write(toFile: config, atomically: true, encoding: .utf8)
+        return try await ProgramLines(
+            buildDirectory + "/worker-spi",
+            ["--socket-dir", cluster.socketDirectory, "--port", String(cluster.port), "--user", "postgres",
+             "--workers", "2", "--launch", String(launch), "--config", config]
+        )
+    }
+
     @Test("worker_spi: static and launched workers fold their counters, SIGHUP changes the naptime, a SQL error restarts the worker")
     func workerSPI() async throws {
         let cluster = try cluster
         let config = cluster.directory + "/worker_spi.conf"
-        try "naptime = 0.2\ndatabase = bgw_test\n".write(toFile: config, atomically: true, encoding: .utf8)
-        let program = try await ProgramLines(
-            buildDirectory + "/worker-spi",
-            ["--socket-dir", cluster.socketDirectory, "--port", String(cluster.port), "--user", "postgres",
-             "--workers", "2", "--launch", "1", "--config", config]
-        )
+        let program = try await self.startWorkerSPI(cluster, config: config, settings: "naptime = 0.2\ndatabase = bgw_test\n", launch: 1)
         do {
             // Static workers after the server finished recovery, then a launched one with waitForStartup().
             #expect(await program.waitFor("finished recovery"))
@@ -103,12 +108,8 @@ struct WorkerSPITests {
     @Test("a supervisor SIGKILLed: its database workers are gone and so are their server sessions")
     func supervisorKilled() async throws {
         let cluster = try cluster
-        let config = cluster.directory + "/worker_spi_killed.conf"
-        try "naptime = 3600\ndatabase = postgres\n".write(toFile: config, atomically: true, encoding: .utf8)
-        let program = try await ProgramLines(
-            buildDirectory + "/worker-spi",
-            ["--socket-dir", cluster.socketDirectory, "--port", String(cluster.port), "--user", "postgres",
-             "--workers", "2", "--launch", "0", "--config", config]
+        let program = try await self.startWorkerSPI(
+            cluster, config: cluster.directory + "/worker_spi_killed.conf", settings: "naptime = 3600\ndatabase = postgres\n", launch: 0
         )
         for index in 1...2 { #expect(await program.waitFor("worker_spi \(index): schema\(index).counted initialized")) }
         let sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'worker_spi %' AND datname = 'postgres'"
