@@ -308,7 +308,7 @@ final class Runtime: Sendable {
             }
             context.reloadRequests.finish()
             context.notificationRequests.finish()
-            if context.hooks.hasCleanups { await context.hooks.runCleanups() }
+            if context.hooks.hasCleanups { await context.hooks.runCleanups(afterCancellation: Task.isCancelled) }
             done(code)
         }
         // A cancellation that came before this is applied now: the body sees it at its first check.

@@ -136,6 +136,8 @@ final class ContextHooks: Sendable {
     }
 
     private let state = RuntimeMutex(State())
+    /// Held while cancel handlers run, so that clean-ups never start before they finished.
+    private let running = RuntimeMutex(())
 
     func onCancel(_ handler: @escaping @Sendable () -> Void) {
         let now = self.state.withLock { state -> Bool in
@@ -154,15 +156,18 @@ final class ContextHooks: Sendable {
         }
     }
 
-    /// The body was cancelled: runs the cancel handlers, once.
+    /// The body was cancelled: runs the cancel handlers, once. A second caller returns once the first one's
+    /// handlers finished.
     func cancelled() {
-        let handlers = self.state.withLock { state -> [@Sendable () -> Void]? in
-            guard !state.cancelled else { return nil }
-            state.cancelled = true
-            defer { state.lists?.cancelHandlers = [] }
-            return state.lists?.cancelHandlers
+        self.running.withLock { _ in
+            let handlers = self.state.withLock { state -> [@Sendable () -> Void]? in
+                guard !state.cancelled else { return nil }
+                state.cancelled = true
+                defer { state.lists?.cancelHandlers = [] }
+                return state.lists?.cancelHandlers
+            }
+            handlers?.forEach { $0() }
         }
-        handlers?.forEach { $0() }
     }
 
     /// Whether a clean-up is registered (checked first, so that a worker with none never touches the list).
@@ -170,8 +175,10 @@ final class ContextHooks: Sendable {
         self.state.withLock { $0.lists != nil }
     }
 
-    /// The body ended: runs the clean-ups, last registered first, once.
-    func runCleanups() async {
+    /// The body ended: runs the clean-ups, last registered first, once; after the cancel handlers when the
+    /// body was cancelled (the watcher thread may still be running them, or not have begun).
+    func runCleanups(afterCancellation: Bool) async {
+        if afterCancellation { self.cancelled() }
         let cleanups = self.state.withLock { state -> [@Sendable () async -> Void] in
             defer { state.lists?.cleanups = [] }
             return state.lists?.cleanups ?? []
