@@ -26,6 +26,7 @@ let package = Package(
         .executable(name: "swift-worker", targets: ["SwiftWorker"]),
         .executable(name: "bgworker-host", targets: ["bgworker-host"]),
         .library(name: "ExampleLibraryWorker", type: .dynamic, targets: ["ExampleLibraryWorker"]),
+        .library(name: "BackgroundWorkerControl", targets: ["BackgroundWorkerControl"]),
         // Database workers: a separate product, so that users of the others never build SwiftNIO.
         .library(name: "BackgroundWorkersPostgres", targets: ["BackgroundWorkersPostgres"]),
         .executable(name: "worker-spi", targets: ["WorkerSPI"]),
@@ -89,6 +90,12 @@ let package = Package(
         .target(
             name: "BackgroundWorkerRuntime",
             dependencies: ["BackgroundWorkerContract", "CWorkerSupport", "StreamSequences"],
+            swiftSettings: swiftSettings
+        ),
+        // The control socket's wire protocol (JSON-RPC 2.0, one message per line): messages, codes, codec.
+        .target(
+            name: "BackgroundWorkerControl",
+            dependencies: ["BackgroundWorkerContract"],
             swiftSettings: swiftSettings
         ),
         // Database workers: `initializeConnection` on a real PostgreSQL server (postgres-nio), and the startup
@@ -185,6 +192,11 @@ let package = Package(
             name: "TestSupport",
             dependencies: ["UVConcurrency", "CWorkerSupport"],
             path: "Tests/TestSupport",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BackgroundWorkerControlTests",
+            dependencies: ["BackgroundWorkerControl", "BackgroundWorkerContract"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
