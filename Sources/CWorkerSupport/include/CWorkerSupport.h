@@ -74,6 +74,9 @@ int cws_memfd(const char *name, uint64_t size);
 /// environment or command line. Returns the descriptor or -errno.
 int cws_memfd_sealed(const char *name, const void *bytes, size_t length);
 
+/// The credentials of the peer of connected Unix socket `fd` (`SO_PEERCRED`). Returns 0 or an errno.
+int cws_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
 /// Waits up to `timeout_ms` for process `pid` (any process, not only a child) to end, through a pidfd.
 /// Returns 1 when it ended (or no longer exists), 0 on timeout, or -errno.
 int cws_wait_gone(pid_t pid, int timeout_ms);
