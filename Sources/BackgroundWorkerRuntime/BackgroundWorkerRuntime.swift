@@ -218,7 +218,6 @@ final class Runtime: Sendable {
     let context: WorkerContext
     let body: @Sendable (WorkerContext) async throws -> Void
     let task = BodyTask()
-    let hooks: ContextHooks
 
     init(
         identity: WorkerProcessContract.Identity,
@@ -230,7 +229,6 @@ final class Runtime: Sendable {
         let task = self.task
         let reloads = SignalRequests()
         let hooks = ContextHooks()
-        self.hooks = hooks
         let gate = SignalGate(
             onTerminate: {
                 if exitOnTerminate { BackgroundWorkerRuntime.exitNow(1) }
@@ -275,7 +273,7 @@ final class Runtime: Sendable {
         case Int(CWS_WATCH_SUPERVISOR_GONE):
             // The supervisor is gone: cancel, and exit within 100 ms whatever the body does.
             self.task.cancel()
-            self.hooks.cancelled()
+            self.context.hooks.cancelled()
         case Int(CWS_WATCH_DEADLINE):
             // No stdio flush here: a body stuck inside stdio (a full pipe) holds its lock, and this exit must
             // happen whatever the body does. printError writes without stdio.

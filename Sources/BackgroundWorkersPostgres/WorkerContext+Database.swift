@@ -33,8 +33,7 @@ extension WorkerContext {
         user: String? = nil,
         logger: Logger = DatabaseConnectionState.silentLogger
     ) async throws(DatabaseWorkerError) -> PostgresConnection {
-        let server = try self.claimConnection()
-        return try await self.open(server, database: database, user: user, logger: logger)
+        try await self.connectOnce(logger: logger) { _ throws(DatabaseWorkerError) in (database, user) }
     }
 
     /// Connects this worker to a database given by OID, as a role given by OID: PostgreSQL's
@@ -54,42 +53,33 @@ extension WorkerContext {
         userOID: UInt32?,
         logger: Logger = DatabaseConnectionState.silentLogger
     ) async throws(DatabaseWorkerError) -> PostgresConnection {
-        let server = try self.claimConnection()
-        var database: String?
-        var user: String?
-        if databaseOID != nil || userOID != nil {
-            let catalog: PostgresConnection
-            do {
-                catalog = try await server.connect(
-                    user: server.defaultUser,
-                    database: server.maintenanceDatabase,
-                    applicationName: "\(self.identity.name) (catalog lookup)",
-                    logger: logger
-                )
-            } catch {
-                DatabaseConnectionState.shared.release()
-                throw error
+        try await self.connectOnce(logger: logger) { server throws(DatabaseWorkerError) in
+            guard databaseOID != nil || userOID != nil else { return (nil, nil) }
+            let catalog = try await server.connect(
+                user: server.defaultUser,
+                database: server.maintenanceDatabase,
+                applicationName: "\(self.identity.name) (catalog lookup)",
+                logger: logger
+            )
+            defer { closeKeepingAlive(catalog) }
+            let database = try await databaseOID.asyncMap { oid throws(DatabaseWorkerError) in
+                try await Self.name(of: oid, in: "pg_database", column: "datname", on: catalog, logger: logger, code: .unknownDatabaseOID)
             }
-            do {
-                if let databaseOID {
-                    database = try await Self.name(
-                        of: databaseOID, in: "pg_database", column: "datname", on: catalog, logger: logger, code: .unknownDatabaseOID)
-                }
-                if let userOID {
-                    user = try await Self.name(of: userOID, in: "pg_roles", column: "rolname", on: catalog, logger: logger, code: .unknownRoleOID)
-                }
-            } catch {
-                try? await catalog.close()
-                DatabaseConnectionState.shared.release()
-                throw error
+            let user = try await userOID.asyncMap { oid throws(DatabaseWorkerError) in
+                try await Self.name(of: oid, in: "pg_roles", column: "rolname", on: catalog, logger: logger, code: .unknownRoleOID)
             }
-            try? await catalog.close()
+            return (database, user)
         }
-        return try await self.open(server, database: database, user: user, logger: logger)
     }
 
-    /// Checks the flag and the once-per-process rule, and reads the server from the contract.
-    private func claimConnection() throws(DatabaseWorkerError) -> DatabaseServer {
+    /// The one path of both forms: checks the flag, claims the once-per-process call, reads the server from the
+    /// contract, lets `resolve` name the database and role (`nil` for the defaults), connects, and hands the
+    /// connection to the runtime to close. Any failure gives the claim back: PostgreSQL's worker would have
+    /// exited with it, so a retry is not a second call.
+    private func connectOnce(
+        logger: Logger,
+        resolve: (DatabaseServer) async throws(DatabaseWorkerError) -> (database: String?, user: String?)
+    ) async throws(DatabaseWorkerError) -> PostgresConnection {
         guard self.identity.flags.contains(.databaseConnection) else {
             throw DatabaseWorkerError(
                 .noDatabaseFlag,
@@ -97,18 +87,10 @@ extension WorkerContext {
             )
         }
         try DatabaseConnectionState.shared.claim(worker: self.identity.name)
-        do {
-            return try DatabaseServer.fromContract()
-        } catch {
-            DatabaseConnectionState.shared.release()
-            throw error
-        }
-    }
-
-    /// Opens the worker's connection and hands it to the runtime to close.
-    private func open(_ server: DatabaseServer, database: String?, user: String?, logger: Logger) async throws(DatabaseWorkerError) -> PostgresConnection {
         let connection: PostgresConnection
         do {
+            let server = try DatabaseServer.fromContract()
+            let (database, user) = try await resolve(server)
             connection = try await server.connect(
                 user: user ?? server.defaultUser,
                 database: database ?? server.maintenanceDatabase,
@@ -116,7 +98,6 @@ extension WorkerContext {
                 logger: logger
             )
         } catch {
-            // A failed connection does not use up the one call: PostgreSQL's worker would have exited with it.
             DatabaseConnectionState.shared.release()
             throw error
         }
@@ -182,4 +163,12 @@ public final class DatabaseConnectionState: Sendable {
 
     func release() { self.state.withLock { $0 = .none } }
     func connected() { self.state.withLock { $0 = .connected } }
+}
+
+extension Optional {
+    /// `map` for an asynchronous transform that throws ``DatabaseWorkerError``.
+    fileprivate func asyncMap<T>(_ transform: (Wrapped) async throws(DatabaseWorkerError) -> T) async throws(DatabaseWorkerError) -> T? {
+        guard let value = self else { return nil }
+        return try await transform(value)
+    }
 }

@@ -2,13 +2,8 @@ import BackgroundWorkers
 import Foundation
 import Logging
 import Synchronization
+import TestSupport
 import Testing
-
-/// The directory of this test binary, where SwiftPM puts the package's executables too.
-let buildDirectory: String = {
-    let me = CommandLine.arguments[0]
-    return me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-}()
 
 /// A registration of the database fixture worker (`Tests/Fixtures/FixtureDatabaseWorker`) in `mode`.
 func databaseWorker(_ name: String, _ arguments: [String], flags: BackgroundWorker.Flags = [.sharedMemoryAccess, .databaseConnection]) -> BackgroundWorker {

@@ -1,5 +1,6 @@
 import BackgroundWorkers
 import Foundation
+import TestSupport
 import Testing
 import UVConcurrency
 

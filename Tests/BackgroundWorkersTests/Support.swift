@@ -342,12 +342,6 @@ extension SupervisorError {
     }
 }
 
-/// The directory of this test binary, where SwiftPM puts the package's executables too.
-let buildDirectory: String = {
-    let me = CommandLine.arguments[0]
-    return me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-}()
-
 /// Runs the fixture supervisor (`Tests/Fixtures/FixtureSupervisor`) in a process of its own, for tests that change
 /// process-wide state or count a whole process's descriptors, and returns what it printed and how it ended.
 func runFixture(

@@ -261,12 +261,6 @@ func report(_ line: String) {
     _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
 }
 
-/// The directory of this executable, where SwiftPM puts the package's other executables.
-let buildDirectory: String = {
-    let me = CommandLine.arguments[0]
-    return me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-}()
-
 /// This process's user and system CPU time.
 func cpuTime() -> Duration {
     var usage = rusage()

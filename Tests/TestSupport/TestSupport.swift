@@ -168,3 +168,9 @@ public func withOneFreeDescriptor<Result>(_ body: () async throws -> Result) asy
     defer { setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) }
     return try await body()
 }
+
+/// The directory of the running test binary or executable, where SwiftPM puts the package's executables too.
+public let buildDirectory: String = {
+    let me = CommandLine.arguments[0]
+    return me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+}()

@@ -42,6 +42,8 @@ struct SupervisorStateMachine {
     var workers: some Sequence<WorkerStateMachine> { self.slots.all }
 
     var slotsInUse: Int { self.slots.used }
+    /// Whether a registration would find a free slot.
+    var hasFreeSlot: Bool { self.slots.used < self.slots.capacity }
 
     var capacity: Int { self.slots.capacity }
 

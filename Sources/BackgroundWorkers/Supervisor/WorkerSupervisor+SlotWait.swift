@@ -49,7 +49,8 @@ extension WorkerSupervisor {
     private func waitForSlot(_ timeout: Duration, first: Bool) async throws -> Bool {
         try await self.loop.wait { token, continuation in
             self.assumeIsolated { supervisor in
-                guard supervisor.machine.slotsInUse >= supervisor.configuration.maxWorkerProcesses, !supervisor.machine.mode.isStopping else {
+                // Registration is what decides; this only saves a wait that could not end otherwise.
+                guard !supervisor.machine.hasFreeSlot, !supervisor.machine.mode.isStopping else {
                     continuation.resume(returning: true)
                     return
                 }

@@ -39,10 +39,10 @@ extension WorkerSupervisor {
             sharedMemorySize: worker.usesSharedMemory ? self.sharedMemory?.size : nil
         )
         // Over the supervisor's own (prepared once), the entry point's variables, then the contract's.
+        // The database server, for database workers (registration refuses them without one).
+        let database = worker.registration.flags.contains(.databaseConnection) ? self.configuration.database : nil
         var environment = identity.environment
-        if worker.registration.flags.contains(.databaseConnection), let database = self.configuration.database {
-            environment.merge(database.environment) { contract, _ in contract }
-        }
+        if let database { environment.merge(database.environment) { contract, _ in contract } }
         environment.merge(executable.environment) { contract, _ in contract }
         var options = UVSpawnOptions(
             executable: executable.path,
@@ -67,7 +67,7 @@ extension WorkerSupervisor {
         if worker.usesSharedMemory, let segment = self.sharedMemory {
             options.descriptors[WorkerProcessContract.sharedMemoryDescriptor] = segment.descriptor
         }
-        if worker.registration.flags.contains(.databaseConnection), self.databasePassword >= 0 {
+        if database != nil, self.databasePassword >= 0 {
             options.descriptors[WorkerProcessContract.databasePasswordDescriptor] = self.databasePassword
         }
 

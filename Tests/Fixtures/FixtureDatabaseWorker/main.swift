@@ -13,11 +13,11 @@ BackgroundWorkerRuntime.run { worker in
     case "by-name":
         _ = try await worker.initializeConnection(database: optional(1), user: optional(2))
         try worker.reportReady()
-        try await idle()
+        try await idle(worker)
     case "by-oid":
         _ = try await worker.initializeConnection(databaseOID: optional(1).flatMap(UInt32.init), userOID: optional(2).flatMap(UInt32.init))
         try worker.reportReady()
-        try await idle()
+        try await idle(worker)
     case "twice":
         _ = try await worker.initializeConnection()
         _ = try await worker.initializeConnection()
@@ -39,9 +39,10 @@ BackgroundWorkerRuntime.run { worker in
     }
 }
 
-/// Waits until cancelled (SIGTERM).
-func idle() async throws {
-    while true { try await Task.sleep(for: .seconds(3600)) }
+/// Serves reload requests until cancelled (SIGTERM), then ends by throwing.
+func idle(_ worker: WorkerContext) async throws {
+    for await _ in worker.reloads {}
+    try Task.checkCancellation()
 }
 
 struct FixtureError: Error, CustomStringConvertible {
