@@ -76,6 +76,7 @@ let package = Package(
             name: "BackgroundWorkers",
             dependencies: [
                 "BackgroundWorkerContract",
+                "BackgroundWorkerControl",
                 "StreamSequences",
                 "UVConcurrency",
                 "CWorkerSupport",

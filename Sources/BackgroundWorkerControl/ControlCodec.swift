@@ -126,6 +126,17 @@ public enum ControlCodec {
         return (id, nil)
     }
 
+    /// An event message's event, or nil when the line is not one.
+    public static func decodeEvent(_ line: some Collection<UInt8>) -> ControlEvent? {
+        guard let message = try? JSONDecoder().decode(IncomingEvent.self, from: Data(line)), message.method == "event" else { return nil }
+        return message.params
+    }
+
+    private struct IncomingEvent: Decodable {
+        var method: String
+        var params: ControlEvent
+    }
+
     /// The result of a reply `decodeReply` found no error in.
     public static func decodeResult<Value: Decodable>(_ line: some Collection<UInt8>, as type: Value.Type) throws(ControlError) -> Value {
         do {

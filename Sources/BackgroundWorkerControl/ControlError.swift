@@ -47,12 +47,17 @@ public struct ControlError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let timedOut = Code(9, "timedOut")
         /// A limit of the server was reached (connections, registrations per client); the message says which.
         public static let limitReached = Code(10, "limitReached")
+        /// The peer's user is neither the server's, root, nor in the group the server allows; sent before the
+        /// connection is closed, without reading anything from it.
+        public static let permissionDenied = Code(11, "permissionDenied")
+        /// The server failed in a way that is not the request's fault (JSON-RPC -32603).
+        public static let internalError = Code(-32603, "internalError")
 
         /// Every code, for lookups by number.
         public static let all: [Code] = [
             .parseError, .invalidRequest, .methodNotFound, .invalidParams, .messageTooLong, .unsupportedVersion,
             .invalidRegistration, .noFreeSlot, .shuttingDown, .notifyPIDRefused, .workerStopped, .supervisorStopped,
-            .notReportingReadiness, .unknownWorker, .timedOut, .limitReached,
+            .notReportingReadiness, .unknownWorker, .timedOut, .limitReached, .permissionDenied, .internalError,
         ]
 
         /// The code with this number, if it is one.

@@ -33,7 +33,7 @@ public enum ControlMethod: String, Sendable, Hashable, CaseIterable, Codable {
     case register
     /// A worker's status: ``WorkerParams`` → ``WorkerInfo``.
     case status
-    /// Waits for a worker to start, be ready or stop, up to a deadline: ``WaitParams`` → ``WorkerInfo``.
+    /// Waits for a worker to start, be ready or stop, up to a deadline: ``WaitParams`` → ``WaitResult``.
     case wait
     /// Terminates a worker: ``WorkerParams`` → ``WorkerInfo``.
     case terminate
@@ -76,8 +76,15 @@ public struct WorkerReference: Sendable, Hashable, Codable {
 public struct HelloParams: Sendable, Hashable, Codable {
     /// The protocol version the client speaks.
     public var `protocol`: Int
+    /// Whether the client's process handles SIGUSR1 (so that SIGUSR1's default action, which ends a process,
+    /// cannot hit it). Only then may it register workers with ``RegisterParams/notify``: the server sends
+    /// SIGUSR1 to the client's pid, and a process that does not handle it would die.
+    public var notifications: Bool?
     /// Creates them.
-    public init(protocol: Int = ControlProtocol.version) { self.protocol = `protocol` }
+    public init(protocol: Int = ControlProtocol.version, notifications: Bool? = nil) {
+        self.protocol = `protocol`
+        self.notifications = notifications
+    }
 }
 
 /// `hello`'s result.
@@ -86,10 +93,19 @@ public struct HelloResult: Sendable, Hashable, Codable {
     public var `protocol`: Int
     /// The server's name and version, for people.
     public var server: String
+    /// The supervisor's process id.
+    public var pid: Int32
+    /// Its number of worker slots.
+    public var maxWorkerProcesses: Int
+    /// The client's process id as the server sees it (`SO_PEERCRED`): the notify pid of its registrations.
+    public var clientPID: Int32
     /// Creates it.
-    public init(protocol: Int = ControlProtocol.version, server: String) {
+    public init(protocol: Int = ControlProtocol.version, server: String, pid: Int32, maxWorkerProcesses: Int, clientPID: Int32) {
         self.protocol = `protocol`
         self.server = server
+        self.pid = pid
+        self.maxWorkerProcesses = maxWorkerProcesses
+        self.clientPID = clientPID
     }
 }
 
@@ -102,7 +118,8 @@ public struct RegisterParams: Sendable, Hashable, Codable {
     public var notify: Bool
     /// Whether the worker is terminated when this connection ends.
     public var linked: Bool
-    /// How long to wait for a free slot, in seconds; absent or 0 fails at once when every slot is taken.
+    /// How long to wait for a free slot, in seconds (at most one day); absent or 0 fails at once when every
+    /// slot is taken.
     public var waitForSlot: Double?
 
     /// Creates them.
@@ -149,6 +166,23 @@ public struct WaitParams: Sendable, Hashable, Codable {
     }
 }
 
+/// `wait`'s result.
+public struct WaitResult: Sendable, Hashable, Codable {
+    /// For `started` and `ready`: the pid the wait saw (the process may have exited since).
+    public var pid: Int32?
+    /// For `stopped`: `stopped`, or `supervisorDied` when the supervisor stopped first.
+    public var status: String?
+    /// The worker as it is when the reply is sent.
+    public var worker: WorkerInfo
+
+    /// Creates it.
+    public init(pid: Int32?, status: String?, worker: WorkerInfo) {
+        self.pid = pid
+        self.status = status
+        self.worker = worker
+    }
+}
+
 /// `shutdown`'s parameters.
 public struct ShutdownParams: Sendable, Hashable, Codable {
     /// `smart`, `fast` or `immediate`.
@@ -169,30 +203,105 @@ public struct WorkerInfo: Sendable, Hashable, Codable {
     public var pid: Int32?
     /// PostgreSQL's status: `notYetStarted`, `started`, `stopped` or `supervisorDied`.
     public var status: String
+    /// The detailed state.
+    public var state: WorkerStateInfo
     /// The detailed state, for people ("restarting in 5 s after exit 1").
     public var detail: String
-    /// Restarts so far.
+    /// Restarts so far (processes started, less the first).
     public var restarts: Int
-    /// How the last process ended, for people, if one did.
-    public var lastExit: String?
+    /// How long the running process has run, in seconds.
+    public var uptime: Double?
+    /// How the last process ended, if one did.
+    public var lastExit: ExitInfo?
     /// The last `ERROR=` line the worker wrote.
     public var lastReportedError: String?
 
     /// Creates it.
     public init(
-        slot: Int, generation: UInt64, name: String, pid: Int32?, status: String, detail: String, restarts: Int,
-        lastExit: String?, lastReportedError: String?
+        slot: Int, generation: UInt64, name: String, pid: Int32?, status: String, state: WorkerStateInfo, detail: String,
+        restarts: Int, uptime: Double?, lastExit: ExitInfo?, lastReportedError: String?
     ) {
         self.slot = slot
         self.generation = generation
         self.name = name
         self.pid = pid
         self.status = status
+        self.state = state
         self.detail = detail
         self.restarts = restarts
+        self.uptime = uptime
         self.lastExit = lastExit
         self.lastReportedError = lastReportedError
     }
+
+    /// The reference to this worker's registration (slot and generation).
+    public var reference: WorkerReference { WorkerReference(slot: self.slot, generation: self.generation) }
+}
+
+/// How a process ended: an exit code or a signal.
+public struct ExitInfo: Sendable, Hashable, Codable, CustomStringConvertible {
+    /// The exit code, when it exited.
+    public var code: Int32?
+    /// The signal number, when a signal ended it.
+    public var signal: Int32?
+    /// Creates it.
+    public init(code: Int32? = nil, signal: Int32? = nil) {
+        self.code = code
+        self.signal = signal
+    }
+    /// `exit 1` or `signal 9`.
+    public var description: String {
+        if let code { return "exit \(code)" }
+        return "signal \(self.signal ?? 0)"
+    }
+}
+
+/// A worker's detailed state on the wire (the supervisor's `WorkerStatusDetail`).
+public struct WorkerStateInfo: Sendable, Hashable, Codable {
+    /// Which state.
+    public enum Kind: String, Sendable, Hashable, Codable, CaseIterable {
+        /// Waiting for the supervisor to reach its start phase.
+        case waitingForStartPhase
+        /// Waiting for a crash reset to finish.
+        case waitingForCrashReset
+        /// Running (``WorkerStateInfo/pid``, ``WorkerStateInfo/ready``).
+        case running
+        /// Asked to stop; SIGKILL follows after the grace period.
+        case stopping
+        /// Restarts after ``WorkerStateInfo/restartAfter`` seconds.
+        case restartScheduled
+        /// Its restart budget ran out.
+        case gaveUp
+        /// Gone, its slot freed (``WorkerStateInfo/reason``).
+        case unregistered
+    }
+
+    /// Which state.
+    public var kind: Kind
+    /// The process, for `running` and `stopping`.
+    public var pid: Int32?
+    /// Whether it reported readiness, for `running`.
+    public var ready: Bool?
+    /// Seconds until the restart, for `restartScheduled`.
+    public var restartAfter: Double?
+    /// The exit that led here, for `restartScheduled`, `gaveUp` and `unregistered`.
+    public var lastExit: ExitInfo?
+    /// The failed spawn's errno, for `restartScheduled` and `unregistered` after a spawn failure.
+    public var spawnErrno: Int32?
+    /// What the failed spawn was doing.
+    public var spawnError: String?
+    /// The budget's restarts, for `gaveUp`.
+    public var budgetRestarts: Int?
+    /// The budget's window in seconds, for `gaveUp`.
+    public var budgetWindow: Double?
+    /// Why it was unregistered: `completed`, `noRestart`, `terminated`, `spawnFailed`, `crashReset`,
+    /// `builtinNotHandled` or `shutdown`.
+    public var reason: String?
+    /// The shutdown mode, for reason `shutdown`.
+    public var shutdownMode: String?
+
+    /// Creates it.
+    public init(kind: Kind) { self.kind = kind }
 }
 
 /// An event sent to a subscribed connection.

@@ -17,6 +17,16 @@ public struct ShutdownMode: Hashable, Sendable, CustomStringConvertible {
     /// SIGQUIT to every worker's process group, then SIGKILL after 5 seconds.
     public static let immediate = ShutdownMode(.immediate)
 
+    /// The mode named `smart`, `fast` or `immediate` (as ``description`` prints it), or nil.
+    public init?(name: String) {
+        switch name {
+        case "smart": self = .smart
+        case "fast": self = .fast
+        case "immediate": self = .immediate
+        default: return nil
+        }
+    }
+
     /// Whether this mode is more forceful than `other` (a later, stronger request takes over).
     func isStronger(than other: ShutdownMode) -> Bool { self.base.rawValue > other.base.rawValue }
 

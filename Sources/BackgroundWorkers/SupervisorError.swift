@@ -23,6 +23,7 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
             case loopFailed
             case sharedMemoryFailed
             case invalidConfiguration
+            case controlFailed
         }
 
         private let base: Base
@@ -53,6 +54,10 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
         /// A setting of the supervisor's configuration is invalid (``SupervisorError/registrationError`` names
         /// the field), or a resource it asks for could not be created.
         public static let invalidConfiguration = Code(.invalidConfiguration)
+        /// Talking to a supervisor over its control socket failed: it cannot be reached, the connection ended,
+        /// or the server refused the request for a reason with no code of its own here (``SupervisorError/underlying``
+        /// is then the `ControlError`, whose code says which).
+        public static let controlFailed = Code(.controlFailed)
 
         /// The code's name.
         public var description: String {
@@ -69,6 +74,7 @@ public struct SupervisorError: Error, Hashable, Sendable, CustomStringConvertibl
             case .loopFailed: "loopFailed"
             case .sharedMemoryFailed: "sharedMemoryFailed"
             case .invalidConfiguration: "invalidConfiguration"
+            case .controlFailed: "controlFailed"
             }
         }
     }

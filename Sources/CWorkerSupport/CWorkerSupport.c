@@ -15,6 +15,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <stdio.h>
 #include <poll.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -261,6 +263,72 @@ int cws_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
     *uid = credentials.uid;
     *gid = credentials.gid;
     return 0;
+}
+
+int cws_unix_connect(const char *path) {
+    struct sockaddr_un address;
+    memset(&address, 0, sizeof(address));
+    address.sun_family = AF_UNIX;
+    size_t length = strlen(path);
+    if (length == 0 || length >= sizeof(address.sun_path)) return -ENAMETOOLONG;
+    memcpy(address.sun_path, path, length);
+    // Blocking for the connect itself (immediate for a Unix socket: it succeeds, or fails with
+    // ECONNREFUSED, ENOENT, EACCES or EAGAIN), non-blocking afterwards for the event loop.
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int result;
+    do {
+        result = connect(fd, (struct sockaddr *)&address, sizeof(address));
+    } while (result != 0 && errno == EINTR);
+    if (result != 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+int cws_ignore_sigpipe(void) {
+    struct sigaction current;
+    if (sigaction(SIGPIPE, NULL, &current) != 0) return errno;
+    if ((current.sa_flags & SA_SIGINFO) == 0 && current.sa_handler == SIG_DFL) {
+        struct sigaction ignore = {0};
+        ignore.sa_handler = SIG_IGN;
+        if (sigaction(SIGPIPE, &ignore, NULL) != 0) return errno;
+    }
+    return 0;
+}
+
+int cws_process_in_group(pid_t pid, gid_t gid) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *file = fopen(path, "re");
+    if (file == NULL) return -errno;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), file) != NULL) {
+        int isGid = strncmp(line, "Gid:", 4) == 0;
+        if (!isGid && strncmp(line, "Groups:", 7) != 0) continue;
+        char *cursor = line + (isGid ? 4 : 7);
+        for (;;) {
+            char *end;
+            unsigned long value = strtoul(cursor, &end, 10);
+            if (end == cursor) break;
+            if ((gid_t)value == gid) {
+                found = 1;
+                break;
+            }
+            cursor = end;
+        }
+    }
+    fclose(file);
+    return found;
 }
 
 int cws_wait_gone(pid_t pid, int timeout_ms) {

@@ -30,9 +30,12 @@ struct ControlCodecTests {
 
     @Test("replies: a result and an error round-trip with stable codes and names")
     func replies() throws {
+        var state = WorkerStateInfo(kind: .running)
+        state.pid = 42
+        state.ready = true
         let info = WorkerInfo(
-            slot: 3, generation: 7, name: "w", pid: 42, status: "started", detail: "running (pid 42)", restarts: 1,
-            lastExit: "exited with code 1", lastReportedError: nil
+            slot: 3, generation: 7, name: "w", pid: 42, status: "started", state: state, detail: "running (pid 42)",
+            restarts: 1, uptime: 2.5, lastExit: ExitInfo(code: 1), lastReportedError: nil
         )
         let result = try ControlCodec.encodeResult(id: 9, info)
         let (id, error) = try ControlCodec.decodeReply(result.dropLast())

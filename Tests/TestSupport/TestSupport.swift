@@ -174,3 +174,104 @@ public let buildDirectory: String = {
     let me = CommandLine.arguments[0]
     return me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
 }()
+
+/// A folder of its own under /tmp with a short path (Unix socket paths must stay under 108 bytes), removed
+/// with what is in it after `body`.
+public func withTemporaryFolder<Result>(_ body: (String) async throws -> Result) async rethrows -> Result {
+    var template = Array("/tmp/bgw-XXXXXX".utf8CString)
+    let folder = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    defer {
+        if let directory = opendir(folder) {
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                if name != "." && name != ".." { unlink("\(folder)/\(name)") }
+            }
+            closedir(directory)
+        }
+        rmdir(folder)
+    }
+    return try await body(folder)
+}
+
+/// A client connection to a Unix socket that reads and writes raw bytes, blocking with deadlines: for
+/// throwing malformed messages at a server and reading exactly what it answers.
+public final class RawUnixConnection {
+    public let descriptor: Int32
+    private var buffer: [UInt8] = []
+
+    /// Connects, or throws the errno.
+    public init(path: String) throws {
+        let descriptor = cws_unix_connect(path)
+        guard descriptor >= 0 else { throw UVError(.pipeFailed, errno: -descriptor, context: "connecting to '\(path)'") }
+        self.descriptor = descriptor
+    }
+
+    deinit { Glibc.close(self.descriptor) }
+
+    /// Writes every byte (false when the peer closed).
+    @discardableResult
+    public func send(_ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { Glibc.send(self.descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if written < 0 {
+                if errno == EAGAIN || errno == EINTR {
+                    var entry = pollfd(fd: self.descriptor, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&entry, 1, 1000)
+                    continue
+                }
+                return false
+            }
+            offset += written
+        }
+        return true
+    }
+
+    /// Writes a line (a newline is added).
+    @discardableResult
+    public func send(line: String) -> Bool { self.send(Array(line.utf8) + [10]) }
+
+    /// The next line, nil when the peer closed first or nothing came within `timeout` seconds.
+    public func readLine(timeout: Double = 10) -> String? {
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        while true {
+            if let newline = self.buffer.firstIndex(of: 10) {
+                let line = String(decoding: self.buffer[..<newline], as: UTF8.self)
+                self.buffer.removeSubrange(...newline)
+                return line
+            }
+            guard self.fill(until: deadline) else { return nil }
+        }
+    }
+
+    /// Whether the peer closed the connection within `timeout` seconds (what is still unread is dropped).
+    public func closedByPeer(timeout: Double = 10) -> Bool {
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        while self.fill(until: deadline) { self.buffer.removeAll() }
+        return self.peerClosed
+    }
+
+    private var peerClosed = false
+
+    /// Reads what is there; false at end of file, on an error or at the deadline.
+    private func fill(until deadline: ContinuousClock.Instant) -> Bool {
+        while true {
+            let left = ContinuousClock.now.duration(to: deadline)
+            guard left > .zero else { return false }
+            var entry = pollfd(fd: self.descriptor, events: Int16(POLLIN), revents: 0)
+            let milliseconds = Int32(min(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1, 60_000))
+            let ready = poll(&entry, 1, milliseconds)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0 else { return false }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(self.descriptor, $0.baseAddress, $0.count) }
+            if count < 0 && (errno == EAGAIN || errno == EINTR) { continue }
+            guard count > 0 else {
+                self.peerClosed = true  // end of file, or a reset
+                return false
+            }
+            self.buffer.append(contentsOf: chunk[..<count])
+            return true
+        }
+    }
+}

@@ -66,6 +66,38 @@ public struct UnregisterReason: Hashable, Sendable, CustomStringConvertible {
         return nil
     }
 
+    /// The stable name of the cause, as the control protocol sends it: `completed`, `noRestart`, `terminated`,
+    /// `spawnFailed`, `crashReset`, `builtinNotHandled` or `shutdown`.
+    public var name: String {
+        switch self.base {
+        case .completed: "completed"
+        case .noRestart: "noRestart"
+        case .terminated: "terminated"
+        case .spawnFailed: "spawnFailed"
+        case .crashReset: "crashReset"
+        case .shutdown: "shutdown"
+        case .builtinNotHandled: "builtinNotHandled"
+        }
+    }
+
+    /// The reason of this ``name``, with the spawn error or shutdown mode it carries; nil for an unknown name.
+    init?(name: String, spawnError: UVError?, shutdownMode: ShutdownMode?) {
+        switch name {
+        case "completed": self = .completed
+        case "noRestart": self = .noRestart
+        case "terminated": self = .terminated
+        case "crashReset": self = .crashReset
+        case "builtinNotHandled": self = .builtinNotHandled
+        case "spawnFailed":
+            guard let spawnError else { return nil }
+            self = .spawnFailed(spawnError)
+        case "shutdown":
+            guard let shutdownMode else { return nil }
+            self = .shutdown(shutdownMode)
+        default: return nil
+        }
+    }
+
     /// A short explanation.
     public var description: String {
         switch self.base {

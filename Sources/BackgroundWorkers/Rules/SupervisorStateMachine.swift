@@ -27,6 +27,8 @@ struct SupervisorStateMachine {
     private(set) var phase: BackgroundWorker.StartTime?
     private var slots: SlotTable<WorkerStateMachine>
     private var registrations: UInt64 = 0
+    /// Control-socket clients that said they take SIGUSR1, by pid, with how many of their connections are open.
+    private var notifiablePeers: [Int32: Int] = [:]
 
     init(settings: Settings) {
         self.settings = settings
@@ -63,7 +65,8 @@ struct SupervisorStateMachine {
     /// worker that said it takes SIGUSR1 (PostgreSQL: a live postmaster child, all of which handle it). Any
     /// other process could be killed by SIGUSR1's default action.
     func isNotifiable(_ pid: Int32) -> Bool {
-        pid == self.settings.supervisorPID || self.slots.all.contains { $0.notifiablePID == pid }
+        pid == self.settings.supervisorPID || self.notifiablePeers[pid] != nil
+            || self.slots.all.contains { $0.notifiablePID == pid }
     }
 
     /// Why `pid` may not be named as a notify pid, for the refusal.
@@ -71,7 +74,29 @@ struct SupervisorStateMachine {
         if let worker = self.slots.all.first(where: { $0.pid == pid }) {
             return "is worker '\(worker.registration.name)', which has not said it takes SIGUSR1 (a NOTIFY=1 line on its status descriptor, which the Swift worker runtime writes; SIGUSR1's default action would end it)"
         }
-        return "is neither this supervisor (pid \(self.settings.supervisorPID)) nor one of its running workers"
+        return "is neither this supervisor (pid \(self.settings.supervisorPID)), one of its running workers, nor a connected control client that takes SIGUSR1"
+    }
+
+    // MARK: - Control clients (PG-19 across processes)
+
+    /// A control-socket client that takes SIGUSR1 connected: it may be a notify pid while connected.
+    mutating func peerConnected(pid: Int32) {
+        self.notifiablePeers[pid, default: 0] += 1
+    }
+
+    /// One of its connections ended. With its last one, it can no longer be notified: notify pids naming it
+    /// are cleared, as for a process that ended.
+    mutating func peerDisconnected(pid: Int32, _ readings: Readings, _ actions: inout [SupervisorAction]) {
+        guard let count = self.notifiablePeers[pid] else { return }
+        guard count <= 1 else {
+            self.notifiablePeers[pid] = count - 1
+            return
+        }
+        self.notifiablePeers[pid] = nil
+        guard !self.isNotifiable(pid) else { return }
+        for worker in self.slots.all where worker.notifyPID == pid {
+            self.handle(worker.id, .processGone(pid: pid), readings, &actions)
+        }
     }
 
     private func facts(_ readings: Readings) -> SupervisorFacts {

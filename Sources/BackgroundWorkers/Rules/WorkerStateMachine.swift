@@ -128,6 +128,8 @@ struct WorkerStateMachine: Equatable {
     /// The process to wake with SIGUSR1, until that process is gone.
     private(set) var notifyPID: Int32?
     private(set) var hasEverStarted = false
+    /// How many processes it has had.
+    private(set) var starts = 0
     private(set) var lastExit: UVExitStatus?
     /// The last `ERROR=` line of any of its processes.
     private(set) var lastReportedError: String?
@@ -151,6 +153,12 @@ struct WorkerStateMachine: Equatable {
     /// The pid of a running process that said it takes SIGUSR1.
     var notifiablePID: Int32? {
         if case .running(let running) = self.state, running.acceptsNotifications { return running.pid }
+        return nil
+    }
+
+    /// When the running process started, on the supervisor clock.
+    var startedAt: Duration? {
+        if case .running(let running) = self.state { return running.startedAt }
         return nil
     }
 
@@ -195,6 +203,7 @@ struct WorkerStateMachine: Equatable {
         case (.starting, .spawned(let pid)):
             self.state = .running(Running(pid: pid, startedAt: facts.now))
             self.hasEverStarted = true
+            self.starts += 1
             actions.append(.emit(self.id, .started(pid: pid)))
             self.notify(&actions)
             actions.append(.resumeStartup(self.id, .success(pid)))

@@ -96,6 +96,7 @@ extension WorkerSupervisor {
     private func release(_ final: WorkerStateMachine) {
         guard let resources = self.resources(final.id) else { return }
         resources.handle.record.final = final
+        self.controlServer?.keepFinished(resources.handle)
         resources.restartTimer?.cancel()
         resources.killTimer?.cancel()
         resources.readiness?.cancel()

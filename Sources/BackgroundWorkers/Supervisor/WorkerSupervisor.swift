@@ -63,6 +63,8 @@ public actor WorkerSupervisor {
     var closed = false
     /// Kills every worker's process group if this process dies without a shutdown; started by `begin()`.
     var guardian: WorkerGuardian?
+    /// The control socket, while one is served.
+    var controlServer: ControlServer?
 
     let metrics: SupervisorMetrics
 

@@ -77,6 +77,20 @@ int cws_memfd_sealed(const char *name, const void *bytes, size_t length);
 /// The credentials of the peer of connected Unix socket `fd` (`SO_PEERCRED`). Returns 0 or an errno.
 int cws_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 
+/// Connects a new close-on-exec, non-blocking Unix stream socket to `path`. Returns the descriptor, or -errno
+/// (-ENAMETOOLONG for a path longer than `sun_path`; -ECONNREFUSED for a socket nobody listens on; -EAGAIN when
+/// the listener's backlog is full).
+int cws_unix_connect(const char *path);
+
+/// Makes SIGPIPE ignored in this process unless someone installed a handler: a write to a socket whose peer
+/// went away then fails with EPIPE instead of ending the process. Children get default dispositions anyway
+/// (both spawn paths reset them). Returns 0 or an errno.
+int cws_ignore_sigpipe(void);
+
+/// Whether process `pid`'s groups (`/proc/pid/status`: its real, effective and supplementary groups) contain
+/// `gid`: 1, 0, or -errno when the process is gone or cannot be read.
+int cws_process_in_group(pid_t pid, gid_t gid);
+
 /// Waits up to `timeout_ms` for process `pid` (any process, not only a child) to end, through a pidfd.
 /// Returns 1 when it ended (or no longer exists), 0 on timeout, or -errno.
 int cws_wait_gone(pid_t pid, int timeout_ms);

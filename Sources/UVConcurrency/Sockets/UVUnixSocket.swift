@@ -97,14 +97,16 @@ public final class UVUnixListener: UVHandleOwner, @unchecked Sendable {
     }
 }
 
-/// An accepted connection of a ``UVUnixListener``: newline-delimited reading with a line-length limit, and
-/// writes in order. Loop thread only.
+/// A connection of a Unix domain socket, accepted by a ``UVUnixListener`` or made by
+/// ``UVEventLoop/connectUnix(path:)``: newline-delimited reading with a line-length limit, and writes in order.
+/// Loop thread only.
 public final class UVUnixConnection: UVHandleOwner, @unchecked Sendable {
     // @unchecked Sendable: every `var` is touched only on the loop thread.
 
     /// The loop it runs on.
     public let loop: UVEventLoop
-    /// Who connected.
+    /// The process at the other end: who connected, for an accepted connection; the listening process, for
+    /// one made by ``UVEventLoop/connectUnix(path:)``.
     public let peer: UVPeerCredentials
 
     private var handle: UnsafeMutablePointer<uv_pipe_t>?
@@ -174,6 +176,32 @@ public final class UVUnixConnection: UVHandleOwner, @unchecked Sendable {
         }
     }
 
+    /// Bytes written but not yet taken by the kernel: what a peer that does not read lets pile up.
+    public var pendingWriteBytes: Int {
+        guard let handle = self.handle else { return 0 }
+        return uv_stream_get_write_queue_size(cuv_pipe_as_stream(handle))
+    }
+
+    /// Closes once what was written so far has been sent (an error reply before a refusal, say): reading stops
+    /// now, the descriptor closes after the last write.
+    public func closeAfterWriting() {
+        guard let handle = self.handle else { return }
+        self.reader?.cancel()
+        self.reader = nil
+        let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
+        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        let status = uv_shutdown(request, cuv_pipe_as_stream(handle)) { request, _ in
+            let connection = Unmanaged<UVUnixConnection>.fromOpaque(request!.pointee.data).takeRetainedValue()
+            request!.deallocate()
+            connection.close()
+        }
+        if status != 0 {
+            Unmanaged<UVUnixConnection>.fromOpaque(request.pointee.data).release()
+            request.deallocate()
+            self.close()
+        }
+    }
+
     /// Closes both directions; a reader still running ends with ``UVLineReader/EndReason/closed``.
     public func close() {
         guard let handle = self.handle else { return }
@@ -190,6 +218,37 @@ public final class UVUnixConnection: UVHandleOwner, @unchecked Sendable {
 }
 
 extension UVEventLoop {
+    /// Connects to the Unix domain socket at `path`. Loop thread only.
+    /// - Throws: ``UVError`` with ``UVError/Code/pipeFailed``: `ENOENT` when nothing is at `path`,
+    ///   `ECONNREFUSED` when nobody listens there (a stale socket), `EACCES` when this user may not connect,
+    ///   `EAGAIN` when the listener's backlog is full.
+    public func connectUnix(path: String) throws(UVError) -> UVUnixConnection {
+        self.preconditionInEventLoop()
+        try self.throwIfStopping("connecting to '\(path)'")
+        let descriptor = cws_unix_connect(path)
+        guard descriptor >= 0 else {
+            throw UVError(.pipeFailed, errno: -descriptor, context: "connecting to Unix socket '\(path)'")
+        }
+        var pid: pid_t = 0
+        var uid: uid_t = 0
+        var gid: gid_t = 0
+        let credentials = cws_peer_credentials(descriptor, &pid, &uid, &gid)
+        guard credentials == 0 else {
+            _ = Glibc.close(descriptor)
+            throw UVError(.pipeFailed, errno: credentials, context: "reading the credentials of '\(path)'")
+        }
+        let handle = UnsafeMutablePointer<uv_pipe_t>.allocate(capacity: 1)
+        uv_pipe_init(self.uvLoop, handle, 0)
+        handle.pointee.data = nil
+        let status = uv_pipe_open(handle, descriptor)
+        guard status == 0 else {
+            _ = Glibc.close(descriptor)
+            uvCloseReleasingOwner(handle)
+            throw UVError(.pipeFailed, uvStatus: status, context: "opening the connection to '\(path)'")
+        }
+        return UVUnixConnection(loop: self, handle: handle, peer: UVPeerCredentials(pid: pid, uid: uid, gid: gid))
+    }
+
     /// Listens on a Unix domain socket at `path`, made with `mode` (0600 by default: only this user may
     /// connect; keep it in a directory only this user may enter, too). Loop thread only.
     /// - Parameters:
