@@ -30,6 +30,8 @@ let package = Package(
         // Database workers: a separate product, so that users of the others never build SwiftNIO.
         .library(name: "BackgroundWorkersPostgres", targets: ["BackgroundWorkersPostgres"]),
         .executable(name: "worker-spi", targets: ["WorkerSPI"]),
+        .executable(name: "bgworkerd", targets: ["bgworkerd"]),
+        .executable(name: "bgworkerctl", targets: ["bgworkerctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -37,6 +39,10 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         // BackgroundWorkersPostgres only.
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        // bgworkerd's configuration file (YAML; JSON is YAML too).
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        // bgworkerd's and bgworkerctl's command lines.
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         // Tests only: randomized event sequences for the supervisor's rules.
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     ],
@@ -122,6 +128,35 @@ let package = Package(
             path: "Examples/worker-spi",
             swiftSettings: swiftSettings
         ),
+        // The daemon's parts: its configuration file, the socket folder and pid file, signals and reloads.
+        .target(
+            name: "BackgroundWorkersDaemon",
+            dependencies: [
+                "BackgroundWorkers", "BackgroundWorkerRuntime", "UVConcurrency", "CWorkerSupport",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The daemon: a WorkerSupervisor with a configuration file, serving its control socket.
+        .executableTarget(
+            name: "bgworkerd",
+            dependencies: [
+                "BackgroundWorkersDaemon", "BackgroundWorkerRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The operators' command line for a running bgworkerd.
+        .executableTarget(
+            name: "bgworkerctl",
+            dependencies: [
+                "BackgroundWorkers", "BackgroundWorkerControl",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // A database worker for tests, one mode per case (not a product).
         .executableTarget(
             name: "FixtureDatabaseWorker",
@@ -149,6 +184,13 @@ let package = Package(
             // CWorkerSupport: cws_gettid, for the test mode that checks the body runs on the main thread.
             dependencies: ["BackgroundWorkerRuntime", "CWorkerSupport"],
             path: "Examples/swift-worker",
+            swiftSettings: swiftSettings
+        ),
+        // A control client in a process of its own, for the daemon's end-to-end tests (not a product).
+        .executableTarget(
+            name: "FixtureControlClient",
+            dependencies: ["BackgroundWorkers"],
+            path: "Tests/Fixtures/FixtureControlClient",
             swiftSettings: swiftSettings
         ),
         // A supervisor process for tests that kill one (not a product).
@@ -198,6 +240,14 @@ let package = Package(
         .testTarget(
             name: "BackgroundWorkerControlTests",
             dependencies: ["BackgroundWorkerControl", "BackgroundWorkerContract"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BackgroundWorkersDaemonTests",
+            dependencies: [
+                "BackgroundWorkersDaemon", "BackgroundWorkers", "BackgroundWorkerControl", "UVConcurrency", "CWorkerSupport",
+                "TestSupport", "bgworkerd", "bgworkerctl", "FixtureControlClient",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

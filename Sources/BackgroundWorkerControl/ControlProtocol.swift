@@ -48,7 +48,8 @@ public enum ControlMethod: String, Sendable, Hashable, CaseIterable, Codable {
 }
 
 /// Which worker a request is about: by slot and generation (a handle), or by name (the live worker of that
-/// name, the first in slot order if several share it).
+/// name, the first in slot order if several share it; with none live, the latest of that name that ended
+/// while the socket was served).
 public struct WorkerReference: Sendable, Hashable, Codable {
     /// The slot.
     public var slot: Int?
@@ -215,12 +216,15 @@ public struct WorkerInfo: Sendable, Hashable, Codable {
     public var lastExit: ExitInfo?
     /// The last `ERROR=` line the worker wrote.
     public var lastReportedError: String?
+    /// The process that gets SIGUSR1 on its status changes, until that process is gone.
+    public var notifyPID: Int32?
 
     /// Creates it.
     public init(
         slot: Int, generation: UInt64, name: String, pid: Int32?, status: String, state: WorkerStateInfo, detail: String,
-        restarts: Int, uptime: Double?, lastExit: ExitInfo?, lastReportedError: String?
+        restarts: Int, uptime: Double?, lastExit: ExitInfo?, lastReportedError: String?, notifyPID: Int32? = nil
     ) {
+        self.notifyPID = notifyPID
         self.slot = slot
         self.generation = generation
         self.name = name

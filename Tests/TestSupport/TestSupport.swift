@@ -275,3 +275,43 @@ public final class RawUnixConnection {
         }
     }
 }
+
+/// Runs a program to its end (the project's posix_spawn, then waitpid; standard output and error to one
+/// file) and returns its exit code (128 + N for a signal) and what it printed.
+public func runProgram(_ executable: String, _ arguments: [String], environment: [String] = ["PATH=/usr/bin:/bin:/usr/sbin:/sbin", "LANG=C"]) throws -> (status: Int32, output: String) {
+    var template = Array("/tmp/bgw-out-XXXXXX".utf8CString)
+    let outputFD = mkstemp(&template)
+    guard outputFD >= 0 else { throw UVError(.pipeFailed, errno: errno, context: "mkstemp") }
+    let outputPath = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    defer {
+        close(outputFD)
+        unlink(outputPath)
+    }
+    func cStrings(_ strings: [String]) -> [UnsafeMutablePointer<CChar>?] {
+        strings.map { strdup($0) } + [nil]
+    }
+    let argv = cStrings([executable] + arguments)
+    defer { argv.forEach { free($0) } }
+    let environ = cStrings(environment)
+    defer { environ.forEach { free($0) } }
+    var pid: pid_t = 0
+    var pidfd: Int32 = -1
+    let error = cws_spawn(executable, argv, environ, nil, 0, 0, [1, 2], [outputFD, outputFD], 2, &pid, &pidfd)
+    guard error == 0 else { throw UVError(.spawnFailed, errno: error, context: "starting \(executable)") }
+    close(pidfd)
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    var text: [UInt8] = []
+    let reader = open(outputPath, O_RDONLY | O_CLOEXEC)
+    if reader >= 0 {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(reader, &chunk, chunk.count)
+            guard count > 0 else { break }
+            text.append(contentsOf: chunk[..<count])
+        }
+        close(reader)
+    }
+    let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return (code, String(decoding: text, as: UTF8.self))
+}

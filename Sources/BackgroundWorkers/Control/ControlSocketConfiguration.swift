@@ -48,6 +48,18 @@ public struct ControlSocketConfiguration: Sendable, Hashable {
         self.serverName = serverName
     }
 
+    /// Where `bgworkerd` listens and `bgworkerctl` connects unless told otherwise: `$BGWORKERD_SOCKET` when
+    /// set; for root `/run/bgworkerd/control.sock`; otherwise `$XDG_RUNTIME_DIR/bgworkerd/control.sock`, or
+    /// `/tmp/bgworkerd-UID/control.sock` without a runtime folder.
+    public static var defaultPath: String {
+        if let path = getenv("BGWORKERD_SOCKET").map({ String(cString: $0) }), !path.isEmpty { return path }
+        if geteuid() == 0 { return "/run/bgworkerd/control.sock" }
+        if let runtime = getenv("XDG_RUNTIME_DIR").map({ String(cString: $0) }), !runtime.isEmpty {
+            return "\(runtime)/bgworkerd/control.sock"
+        }
+        return "/tmp/bgworkerd-\(geteuid())/control.sock"
+    }
+
     /// The mode the socket file gets.
     var effectiveSocketMode: mode_t { mode_t(self.socketMode ?? (self.allowedGroup == nil ? 0o600 : 0o660)) }
 

@@ -1,4 +1,5 @@
-import BackgroundWorkerControl
+// Re-exported: the client's answers are the protocol's types (WorkerInfo, ControlEvent, WaitResult).
+@_exported import BackgroundWorkerControl
 import CWorkerSupport
 import UVConcurrency
 
@@ -293,7 +294,7 @@ final class ClientState: @unchecked Sendable {
         do {
             let (_, error) = try ControlCodec.decodeReply(line)
             if let error {
-                if let code = SupervisorError.Code(error.code) { throw SupervisorError(code, error.message, underlying: error) }
+                if let code = SupervisorError.Code(control: error.code) { throw SupervisorError(code, error.message, underlying: error) }
                 throw SupervisorError(.controlFailed, "\(method): \(error)", underlying: error)
             }
             return try ControlCodec.decodeResult(line, as: type)

@@ -113,7 +113,7 @@ extension WorkerStateInfo {
 
 extension ControlError.Code {
     /// The control code of a supervisor refusal or wait error.
-    init(_ code: SupervisorError.Code) {
+    init(supervisor code: SupervisorError.Code) {
         switch code {
         case .invalidRegistration, .invalidConfiguration: self = .invalidRegistration
         case .noFreeSlot: self = .noFreeSlot
@@ -129,7 +129,7 @@ extension ControlError.Code {
 
 extension SupervisorError.Code {
     /// The supervisor code of a control error that is one, or nil.
-    init?(_ code: ControlError.Code) {
+    init?(control code: ControlError.Code) {
         switch code {
         case .invalidRegistration: self = .invalidRegistration
         case .noFreeSlot: self = .noFreeSlot

@@ -355,7 +355,7 @@ extension WorkerSupervisor {
             do {
                 self.registered(try self.register(registration), linked: linked, session, request.id)
             } catch {
-                throw ControlError(.init(error.code), error.message)
+                throw ControlError(.init(supervisor: error.code), error.message)
             }
             return
         }
@@ -366,7 +366,7 @@ extension WorkerSupervisor {
                 let handle = try await supervisor.register(registration, waitingForSlotUpTo: .seconds(slotWait))
                 supervisor.registered(handle, linked: linked, session, request.id)
             } catch let error as SupervisorError {
-                session.connection.write(ControlCodec.encodeError(id: request.id, ControlError(.init(error.code), error.message)))
+                session.connection.write(ControlCodec.encodeError(id: request.id, ControlError(.init(supervisor: error.code), error.message)))
             } catch {
                 // Cancelled: the connection ended, nobody to answer.
             }
@@ -406,7 +406,7 @@ extension WorkerSupervisor {
                 supervisor.reply(session, request.id, result)
             } catch let error as SupervisorError {
                 timedOut.timer?.cancel()
-                session.connection.write(ControlCodec.encodeError(id: request.id, ControlError(.init(error.code), error.message)))
+                session.connection.write(ControlCodec.encodeError(id: request.id, ControlError(.init(supervisor: error.code), error.message)))
             } catch {
                 guard timedOut.fired else { return }  // the connection ended
                 let message = "worker \(handle.slot)/\(handle.generation) was not \(params.until) within \(params.timeout) s; it is \(supervisor.detail(of: handle))"
@@ -459,10 +459,17 @@ extension WorkerSupervisor {
         guard let name = reference.name else {
             throw ControlError(.invalidParams, "worker: give slot and generation, or name")
         }
-        guard let worker = self.machine.workers.first(where: { $0.registration.name == name }), let resources = self.resources(worker.id) else {
-            throw ControlError(.unknownWorker, "no registered worker is named '\(name.prefix(100))' (list shows what is registered)")
+        if let worker = self.machine.workers.first(where: { $0.registration.name == name }), let resources = self.resources(worker.id) {
+            return resources.handle
         }
-        return resources.handle
+        // Gone: the latest registration of that name that ended while the socket was served.
+        if let server = self.controlServer,
+            let id = server.finishedOrder.last(where: { server.finished[$0].map { self.ownState(of: $0).registration.name == name } ?? false }),
+            let handle = server.finished[id]
+        {
+            return handle
+        }
+        throw ControlError(.unknownWorker, "no worker is named '\(name.prefix(100))' (list shows what is registered)")
     }
 
     /// What the server says of a worker.
@@ -482,7 +489,8 @@ extension WorkerSupervisor {
             restarts: max(0, worker.starts - 1),
             uptime: worker.startedAt.map { (self.clock.now() - $0).seconds },
             lastExit: worker.lastExit.map(ExitInfo.init),
-            lastReportedError: worker.lastReportedError
+            lastReportedError: worker.lastReportedError,
+            notifyPID: worker.notifyPID
         )
     }
 
