@@ -102,6 +102,20 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),
+        // The control socket: a client in another process than the supervisor (bgworkerd), against in process.
+        .executableTarget(
+            name: "Control",
+            dependencies: [
+                "BenchmarkSupport",
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "BackgroundWorkers", package: "swift-background-workers"),
+                .product(name: "bgworkerd", package: "swift-background-workers"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/Control",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
         // A database worker: connects, reports ready, returns.
         .executableTarget(
             name: "BenchDatabaseWorker",

@@ -297,7 +297,35 @@ struct PeerCheckTests {
     }
 }
 
+@Suite("Deployment files (issue 12)")
+struct DeploymentTests {
+    static let repository = String(#filePath.prefix(upTo: #filePath.range(of: "/Tests/")!.lowerBound))
+
+    @Test("the systemd unit passes systemd-analyze verify", .enabled(if: access("/usr/bin/systemd-analyze", X_OK) == 0, "no systemd-analyze here"))
+    func systemdUnit() async throws {
+        let unit = try #require(readFile("\(Self.repository)/deploy/bgworkerd.service"))
+        #expect(unit.contains("ExecStart=/usr/local/bin/bgworkerd") && unit.contains("KillSignal=SIGINT"))
+        try await withTemporaryFolder { folder in
+            // The unit names the installed binary; verify checks that it exists, so point it at the built one.
+            let file = "\(folder)/bgworkerd.service"
+            try writeFile(file, unit.replacingOccurrences(of: "/usr/local/bin/bgworkerd", with: bgworkerd))
+            let result = try runProgram("/usr/bin/systemd-analyze", ["verify", file])
+            #expect(result.status == 0 && result.output.isEmpty, "\(result.output)")
+        }
+    }
+
+    @Test("the example configuration is valid")
+    func exampleConfiguration() throws {
+        let result = try runProgram(bgworkerd, ["--check", "--config", "\(Self.repository)/deploy/bgworkerd.yaml"])
+        #expect(result.status == 0 && result.output.contains("is valid: 1 workers, 16 slots"), "\(result.output)")
+    }
+}
+
 extension String {
+    func replacingOccurrences(of target: String, with replacement: String) -> String {
+        self.split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+    }
+
     func replacingLastComponent(with name: String) -> String {
         String(self[..<(self.lastIndex(of: "/") ?? self.startIndex)]) + "/" + name
     }

@@ -68,7 +68,7 @@ public final class SupervisorClient: Sendable {
     public static func connect(path: String, notifications: Bool = true) async throws(SupervisorError) -> SupervisorClient {
         let loop: UVEventLoop
         do {
-            loop = try UVEventLoop(name: "bgw-client", spinBeforeSleep: .zero)
+            loop = try UVEventLoop(name: "bgw-client")
         } catch {
             throw SupervisorError(.controlFailed, "creating the client's event loop: \(error)", underlying: error)
         }

@@ -391,6 +391,28 @@ extension WorkerSupervisor {
             throw ControlError(.invalidParams, "wait: timeout \(params.timeout) is outside (0, 86400] seconds")
         }
         let handle = try self.resolve(params.worker, session)
+        // Answered now when the rules already have the answer (the common case of a worker that started
+        // during its registration): no task, no timer.
+        let worker = self.ownState(of: handle)
+        let stoppedBy = self.machine.stoppedBy
+        var immediate: Result<WaitResult, SupervisorError>?
+        switch params.until {
+        case .started:
+            immediate = worker.startupAnswer(stoppedBy: stoppedBy).map { $0.map { WaitResult(pid: $0, status: nil, worker: self.workerInfo(handle)) } }
+        case .ready:
+            immediate = worker.readyAnswer(stoppedBy: stoppedBy).map { $0.map { WaitResult(pid: $0, status: nil, worker: self.workerInfo(handle)) } }
+        case .stopped:
+            immediate = worker.shutdownAnswer(stoppedBy: stoppedBy).map { .success(WaitResult(pid: nil, status: $0.wireName, worker: self.workerInfo(handle))) }
+        }
+        switch immediate {
+        case .success(let result)?:
+            self.reply(session, request.id, result)
+            return
+        case .failure(let error)?:
+            throw ControlError(.init(supervisor: error.code), error.message)
+        case nil:
+            break
+        }
         let timedOut = TimeoutFlag()
         let key = self.startTask(session) { supervisor in
             do {
@@ -474,10 +496,17 @@ extension WorkerSupervisor {
 
     /// What the server says of a worker.
     func workerInfo(_ handle: BackgroundWorkerHandle) -> WorkerInfo {
+        // Plain statements: an `if case` expression over the state here crashed the 6.3.1 optimiser
+        // (CopyPropagation, "Found outside of lifetime use") in release builds.
         let worker = self.ownState(of: handle)
         let status = worker.status(supervisorStopped: self.machine.stoppedBy != nil)
         let detail = worker.detail
-        let pid: Int32? = if case .started(let pid) = status { pid } else { nil }
+        var pid: Int32?
+        if case .started(let started) = status { pid = started }
+        var uptime: Double?
+        if let startedAt = worker.startedAt { uptime = (self.clock.now() - startedAt).seconds }
+        var lastExit: ExitInfo?
+        if let exit = worker.lastExit { lastExit = ExitInfo(exit) }
         return WorkerInfo(
             slot: handle.slot,
             generation: handle.generation,
@@ -487,8 +516,8 @@ extension WorkerSupervisor {
             state: WorkerStateInfo(detail),
             detail: detail.description,
             restarts: max(0, worker.starts - 1),
-            uptime: worker.startedAt.map { (self.clock.now() - $0).seconds },
-            lastExit: worker.lastExit.map(ExitInfo.init),
+            uptime: uptime,
+            lastExit: lastExit,
             lastReportedError: worker.lastReportedError,
             notifyPID: worker.notifyPID
         )
