@@ -10,4 +10,9 @@ swift run supervisor-demo --seconds 2 >/dev/null
 swift run task-group-example >/dev/null
 # As users run it: Swift Testing's default parallelism. Tests that change process-wide state run in a fixture
 # process of their own.
-exec swift test "$@"
+swift test "$@"
+# The Hummingbird example is a package of its own (the root build stays free of Hummingbird): its tests run
+# with the whole suite, not with a filtered one.
+if [ "$#" -eq 0 ]; then
+    (cd Examples/hummingbird-jobs && swift test)
+fi

@@ -299,7 +299,8 @@ struct PeerCheckTests {
 
 @Suite("Deployment files (issue 12)")
 struct DeploymentTests {
-    static let repository = String(#filePath.prefix(upTo: #filePath.range(of: "/Tests/")!.lowerBound))
+    /// The repository: this file's path up to `/Tests/`.
+    static let repository = "\(#filePath)".split(separator: "/Tests/", maxSplits: 1).first.map(String.init) ?? "."
 
     @Test("the systemd unit passes systemd-analyze verify", .enabled(if: access("/usr/bin/systemd-analyze", X_OK) == 0, "no systemd-analyze here"))
     func systemdUnit() async throws {

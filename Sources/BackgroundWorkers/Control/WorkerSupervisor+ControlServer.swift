@@ -291,8 +291,7 @@ extension WorkerSupervisor {
             self.reply(session, request.id, self.workerInfo(handle))
 
         case .list:
-            let infos = self.machine.workers.compactMap { worker in self.resources(worker.id).map { self.workerInfo($0.handle) } }
-            self.reply(session, request.id, infos)
+            self.reply(session, request.id, self.list())
 
         case .subscribe:
             guard !session.subscribed else { throw ControlError(.invalidRequest, "this connection is already subscribed") }
@@ -492,6 +491,12 @@ extension WorkerSupervisor {
             return handle
         }
         throw ControlError(.unknownWorker, "no worker is named '\(name.prefix(100))' (list shows what is registered)")
+    }
+
+    /// Every registered worker, in slot order, as the control socket's `list` answers (the same values a
+    /// ``SupervisorClient/list()`` of another process gets).
+    public func list() -> [WorkerInfo] {
+        self.machine.workers.compactMap { worker in self.resources(worker.id).map { self.workerInfo($0.handle) } }
     }
 
     /// What the server says of a worker.
