@@ -111,35 +111,26 @@ extension WorkerStateInfo {
     }
 }
 
+/// The supervisor's refusal and wait codes and their control-protocol counterparts: one table for both
+/// directions.
+private let sharedCodes: [(supervisor: SupervisorError.Code, control: ControlError.Code)] = [
+    (.invalidRegistration, .invalidRegistration), (.noFreeSlot, .noFreeSlot), (.shuttingDown, .shuttingDown),
+    (.notifyPIDRefused, .notifyPIDRefused), (.workerStopped, .workerStopped), (.supervisorStopped, .supervisorStopped),
+    (.notReportingReadiness, .notReportingReadiness),
+]
+
 extension ControlError.Code {
-    /// The control code of a supervisor refusal or wait error.
+    /// The control code of a supervisor refusal or wait error (`internalError` for one with no counterpart).
     init(supervisor code: SupervisorError.Code) {
-        switch code {
-        case .invalidRegistration, .invalidConfiguration: self = .invalidRegistration
-        case .noFreeSlot: self = .noFreeSlot
-        case .shuttingDown: self = .shuttingDown
-        case .notifyPIDRefused: self = .notifyPIDRefused
-        case .workerStopped: self = .workerStopped
-        case .supervisorStopped: self = .supervisorStopped
-        case .notReportingReadiness: self = .notReportingReadiness
-        default: self = .internalError
-        }
+        self = sharedCodes.first { $0.supervisor == code }?.control ?? (code == .invalidConfiguration ? .invalidRegistration : .internalError)
     }
 }
 
 extension SupervisorError.Code {
     /// The supervisor code of a control error that is one, or nil.
     init?(control code: ControlError.Code) {
-        switch code {
-        case .invalidRegistration: self = .invalidRegistration
-        case .noFreeSlot: self = .noFreeSlot
-        case .shuttingDown: self = .shuttingDown
-        case .notifyPIDRefused: self = .notifyPIDRefused
-        case .workerStopped: self = .workerStopped
-        case .supervisorStopped: self = .supervisorStopped
-        case .notReportingReadiness: self = .notReportingReadiness
-        default: return nil
-        }
+        guard let pair = sharedCodes.first(where: { $0.control == code }) else { return nil }
+        self = pair.supervisor
     }
 }
 
