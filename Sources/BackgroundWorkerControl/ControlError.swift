@@ -50,6 +50,8 @@ public struct ControlError: Error, Sendable, Hashable, CustomStringConvertible {
         /// The peer's user is neither the server's, root, nor in the group the server allows; sent before the
         /// connection is closed, without reading anything from it.
         public static let permissionDenied = Code(11, "permissionDenied")
+        /// The request was cancelled by a `cancel` request before it was answered (LSP's -32800).
+        public static let requestCancelled = Code(-32800, "requestCancelled")
         /// The server failed in a way that is not the request's fault (JSON-RPC -32603).
         public static let internalError = Code(-32603, "internalError")
 
@@ -57,7 +59,7 @@ public struct ControlError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let all: [Code] = [
             .parseError, .invalidRequest, .methodNotFound, .invalidParams, .messageTooLong, .unsupportedVersion,
             .invalidRegistration, .noFreeSlot, .shuttingDown, .notifyPIDRefused, .workerStopped, .supervisorStopped,
-            .notReportingReadiness, .unknownWorker, .timedOut, .limitReached, .permissionDenied, .internalError,
+            .notReportingReadiness, .unknownWorker, .timedOut, .limitReached, .permissionDenied, .internalError, .requestCancelled,
         ]
 
         /// The code with this number, if it is one.

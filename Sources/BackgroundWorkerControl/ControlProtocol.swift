@@ -45,6 +45,18 @@ public enum ControlMethod: String, Sendable, Hashable, CaseIterable, Codable {
     case resetBudget
     /// Shuts the supervisor down: ``ShutdownParams`` → `true`.
     case shutdown
+    /// Cancels a request of this connection still being answered (a wait, a registration waiting for a
+    /// slot): ``CancelParams`` → `true`, or `false` when it was already answered. The cancelled request is
+    /// answered with ``ControlError/Code/requestCancelled`` and changes nothing (LSP's `$/cancelRequest`).
+    case cancel
+}
+
+/// `cancel`'s parameters.
+public struct CancelParams: Sendable, Hashable, Codable {
+    /// The id of the request to cancel.
+    public var id: Int64
+    /// Creates them.
+    public init(id: Int64) { self.id = id }
 }
 
 /// Which worker a request is about: by slot and generation (a handle), or by name (the live worker of that

@@ -26,6 +26,11 @@ func withServedSupervisor(
 }
 
 extension WorkerSupervisor {
+    /// Requests of control clients still being answered (waits, registrations waiting for a slot).
+    var controlRequestsInProgress: Int {
+        self.controlServer?.sessions.values.reduce(0) { $0 + $1.requestTasks.count } ?? 0
+    }
+
     /// The notify pid the rules hold for a remote handle's worker.
     func notifyPID(of handle: RemoteWorkerHandle) -> Int32? {
         self.machine.worker(WorkerID(slot: handle.slot, generation: handle.generation))?.notifyPID
@@ -159,6 +164,29 @@ extension SupervisorTests {
                 #expect(await supervisor.notifyPID(of: second) == getpid())
                 #expect(try await probe.info(second.reference).pid != nil)
                 await probe.close()
+            }
+        }
+
+        @Test("cancelling a remote registration that waits for a slot: cancelled on the server, nothing registered; a cancelled wait too")
+        func cancellation() async throws {
+            try await withServedSupervisor(slots: 1) { supervisor, path in
+                let client = try await SupervisorClient.connect(path: path)
+                let full = try await client.register(shellWorker("full", Script.sleepForever))
+                let waiting = Task { try await client.register(shellWorker("late", Script.sleepForever), waitingForSlotUpTo: .seconds(60)) }
+                while await supervisor.waitingForSlots < 1 { await Task.yield() }
+                waiting.cancel()
+                await #expect(throws: CancellationError.self) { _ = try await waiting.value }
+                #expect(await supervisor.waitingForSlots == 0)
+                let wait = Task { try await full.waitForShutdown() }
+                while await supervisor.controlRequestsInProgress < 1 { await Task.yield() }
+                wait.cancel()
+                await #expect(throws: CancellationError.self) { _ = try await wait.value }
+                // The freed slot goes to nobody: the cancelled registration is not served later.
+                try await full.terminate()
+                _ = try await client.handle(slot: full.slot, generation: full.generation).waitForShutdown()
+                #expect(try await client.list().isEmpty)
+                #expect(await supervisor.controlRequestsInProgress == 0)
+                await client.close()
             }
         }
 

@@ -137,7 +137,9 @@ public final class SupervisorClient: Sendable {
     ///     was connected with `notifications`. `true` on a client without them is refused (`notifyPIDRefused`).
     ///   - linked: Whether the supervisor terminates the worker when this connection ends (a crashed client
     ///     leaves nothing behind).
-    ///   - timeout: How long to wait for a free slot; zero fails at once when every slot is taken.
+    ///   - timeout: How long to wait for a free slot; zero fails at once when every slot is taken. Cancelling
+    ///     the calling task cancels the wait on the server: nothing is registered (or what was, just before,
+    ///     is terminated) and `CancellationError` is thrown.
     /// - Throws: ``SupervisorError`` with the supervisor's code (`invalidRegistration`, `noFreeSlot`, ...), or
     ///   ``SupervisorError/Code/controlFailed`` (a limit of the server: the underlying `ControlError` says which).
     public func register(
@@ -154,6 +156,11 @@ public final class SupervisorClient: Sendable {
         )
         let info = try await self.call(.register, params, as: WorkerInfo.self)
         let handle = RemoteWorkerHandle(slot: info.slot, generation: info.generation, client: self)
+        if Task.isCancelled {
+            // Registered before the cancellation reached the server: undone, as if it never happened.
+            try? await handle.terminate()
+            throw CancellationError()
+        }
         if params.notify { self.loop.execute { [state] in state.watch(info) } }
         return handle
     }
@@ -280,14 +287,19 @@ final class ClientState: @unchecked Sendable {
         let line = try await loop.wait { token, continuation in
             self.send(method, params, .continuation(token, continuation))
         } cancel: { token in
+            // The server is asked to cancel; the reply still comes (requestCancelled, or the result when the
+            // request was answered first), so that nothing is done behind the caller's back.
             for (id, entry) in self.pending {
-                if case .continuation(let waiting, let continuation) = entry, waiting === token {
-                    self.pending[id] = nil
-                    continuation.resume(throwing: CancellationError())
+                if case .continuation(let waiting, _) = entry, waiting === token {
+                    self.send(.cancel, CancelParams(id: id), .callback { _ in })
                 }
             }
         }
-        return try Self.decode(line, method: method, as: type)
+        do {
+            return try Self.decode(line, method: method, as: type)
+        } catch let error where (error.underlying as? ControlError)?.code == .requestCancelled {
+            throw CancellationError()
+        }
     }
 
     static func decode<Result: Decodable>(_ line: [UInt8], method: ControlMethod, as type: Result.Type) throws(SupervisorError) -> Result {

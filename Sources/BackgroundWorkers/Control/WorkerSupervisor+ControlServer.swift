@@ -53,6 +53,10 @@ final class ControlSession: @unchecked Sendable {
     /// Requests still being answered (waits, registrations waiting for a slot, the event subscription).
     var tasks: [UInt64: Task<Void, Never>] = [:]
     var nextTask: UInt64 = 0
+    /// The task answering each request still being answered, by request id.
+    var requestTasks: [Int64: UInt64] = [:]
+    /// Requests cancelled and already answered so: their tasks end without a reply.
+    var cancelledRequests: Set<Int64> = []
     var subscribed = false
 
     init(id: UInt64, connection: UVUnixConnection) {
@@ -304,6 +308,18 @@ extension WorkerSupervisor {
                 }
             }
 
+        case .cancel:
+            let id = try request.params(as: CancelParams.self).id
+            guard let key = session.requestTasks[id], let task = session.tasks[key], !session.cancelledRequests.contains(id) else {
+                self.reply(session, request.id, false)
+                return
+            }
+            session.cancelledRequests.insert(id)
+            task.cancel()
+            let error = ControlError(.requestCancelled, "request \(id) was cancelled by request \(request.id); it changed nothing")
+            session.connection.write(ControlCodec.encodeError(id: id, error))
+            self.reply(session, request.id, true)
+
         case .shutdown:
             let params = try request.params(as: ShutdownParams.self)
             guard let mode = ShutdownMode(name: params.mode) else {
@@ -359,10 +375,15 @@ extension WorkerSupervisor {
             return
         }
         session.pendingRegistrations += 1
-        self.startTask(session) { supervisor in
+        self.startTask(session, answering: request.id) { supervisor in
             defer { session.pendingRegistrations -= 1 }
             do {
                 let handle = try await supervisor.register(registration, waitingForSlotUpTo: .seconds(slotWait))
+                guard !session.cancelledRequests.contains(request.id) else {
+                    // Cancelled while a freed slot was being handed over: the registration is undone.
+                    supervisor.terminate(handle)
+                    return
+                }
                 supervisor.registered(handle, linked: linked, session, request.id)
             } catch let error as SupervisorError {
                 session.connection.write(ControlCodec.encodeError(id: request.id, ControlError(.init(supervisor: error.code), error.message)))
@@ -413,7 +434,8 @@ extension WorkerSupervisor {
             break
         }
         let timedOut = TimeoutFlag()
-        let key = self.startTask(session) { supervisor in
+        let key = self.startTask(session, answering: request.id) { supervisor in
+            guard !session.cancelledRequests.contains(request.id) else { return }
             do {
                 var pid: Int32?
                 var status: WorkerStatus?
@@ -427,9 +449,10 @@ extension WorkerSupervisor {
                 supervisor.reply(session, request.id, result)
             } catch let error as SupervisorError {
                 timedOut.timer?.cancel()
+                guard !session.cancelledRequests.contains(request.id) else { return }
                 session.connection.write(ControlCodec.encodeError(id: request.id, ControlError(.init(supervisor: error.code), error.message)))
             } catch {
-                guard timedOut.fired else { return }  // the connection ended
+                guard timedOut.fired else { return }  // cancelled (and answered), or the connection ended
                 let message = "worker \(handle.slot)/\(handle.generation) was not \(params.until) within \(params.timeout) s; it is \(supervisor.detail(of: handle))"
                 session.connection.write(ControlCodec.encodeError(id: request.id, ControlError(.timedOut, message)))
             }
@@ -447,13 +470,19 @@ extension WorkerSupervisor {
     @discardableResult
     private func startTask(
         _ session: ControlSession,
+        answering requestID: Int64? = nil,
         _ body: @escaping @Sendable (isolated WorkerSupervisor) async -> Void
     ) -> UInt64 {
         let key = session.nextTask
         session.nextTask += 1
+        if let requestID { session.requestTasks[requestID] = key }
         session.tasks[key] = Task {
             await body(self)
             session.tasks[key] = nil
+            if let requestID {
+                session.requestTasks[requestID] = nil
+                session.cancelledRequests.remove(requestID)
+            }
         }
         return key
     }
