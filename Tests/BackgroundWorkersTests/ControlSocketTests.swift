@@ -26,6 +26,9 @@ func withServedSupervisor(
 }
 
 extension WorkerSupervisor {
+    /// Open control connections.
+    var controlConnections: Int { self.controlServer?.sessions.count ?? 0 }
+
     /// Requests of control clients still being answered (waits, registrations waiting for a slot).
     var controlRequestsInProgress: Int {
         self.controlServer?.sessions.values.reduce(0) { $0 + $1.requestTasks.count } ?? 0
@@ -245,7 +248,9 @@ extension SupervisorTests {
                 _ = try await second.register(shellWorker("other", Script.sleepForever))
                 #expect(await supervisor.slotsInUse == 2)
                 await second.close()
-                let third = try await SupervisorClient.connect(path: path)  // a connection was freed
+                // The server sees the end on its own loop: once it has, the freed connection can be taken.
+                while await supervisor.controlConnections > 1 { await Task.yield() }
+                let third = try await SupervisorClient.connect(path: path)
                 await third.close()
                 await first.close()
             }
