@@ -230,7 +230,7 @@ public enum Daemon {
     }
 
     private static func readPID(beside socket: String) -> String? {
-        DaemonConfiguration.readFileText(DaemonConfiguration.pidFile(beside: socket))?.split(separator: "\n").first.map(String.init)
+        DaemonConfiguration.readFile(DaemonConfiguration.pidFile(beside: socket))?.split(separator: "\n").first.map(String.init)
     }
 
     private static func writePIDFile(_ path: String) -> String? {
@@ -246,13 +246,12 @@ public enum Daemon {
 
     /// Removes the pid file if it is still this process's.
     private static func removePIDFile(_ path: String) {
-        guard let text = DaemonConfiguration.readFileText(path), text.split(separator: "\n").first == "\(getpid())"[...] else { return }
+        guard let text = DaemonConfiguration.readFile(path), text.split(separator: "\n").first == "\(getpid())"[...] else { return }
         unlink(path)
     }
 
     private static func fail(_ message: String) {
-        let line = "bgworkerd: \(message)\n"
-        writeStandardError(line)
+        BackgroundWorkerRuntime.printError("bgworkerd: \(message)")
     }
 }
 
@@ -338,17 +337,8 @@ enum Heartbeat {
         while true {
             try await Task.sleep(for: .seconds(seconds))
             beats += 1
-            writeStandardError("heartbeat \(beats) from pid \(getpid())\n")
+            BackgroundWorkerRuntime.printError("heartbeat \(beats) from pid \(getpid())")
         }
     }
 }
 
-/// Writes `text` to descriptor 2 unbuffered (no shared `FILE *`).
-func writeStandardError(_ text: String) {
-    var bytes = Array(text.utf8)[...]
-    while !bytes.isEmpty {
-        let written = bytes.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
-        guard written > 0 else { return }
-        bytes = bytes.dropFirst(written)
-    }
-}

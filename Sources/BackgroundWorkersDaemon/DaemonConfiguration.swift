@@ -96,7 +96,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
         return try model.configuration(file: file)
     }
 
-    private static func readFile(_ path: String) -> String? {
+    /// The file's text, or nil when it cannot be read (errno says why) or is over 16 MiB.
+    static func readFile(_ path: String) -> String? {
         guard let file = fopen(path, "re") else { return nil }
         defer { fclose(file) }
         var bytes: [UInt8] = []
@@ -373,7 +374,7 @@ private struct FileModel: Decodable {
         var server = DatabaseServer(location, port: model.port ?? 5432, tls: tls, defaultUser: model.user, maintenanceDatabase: model.database ?? "postgres")
         server.tlsRootCertificates = model.tlsRootCertificates
         if let file = model.passwordFile {
-            guard let text = DaemonConfiguration.readFileText(file) else {
+            guard let text = DaemonConfiguration.readFile(file) else {
                 throw fail("database", "passwordFile '\(file)' cannot be read: \(String(cString: strerror(errno)))")
             }
             server.password = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
@@ -385,10 +386,6 @@ private struct FileModel: Decodable {
         }
         return server
     }
-}
-
-extension DaemonConfiguration {
-    static func readFileText(_ path: String) -> String? { Self.readFile(path) }
 }
 
 private struct WorkerModel: Decodable {

@@ -1,6 +1,7 @@
 import BackgroundWorkerContract
 import CWorkerSupport
 import Foundation
+import TestSupport
 import Testing
 
 /// A throwaway PostgreSQL cluster for the tests: `initdb` in a temporary folder, Unix socket only (in that
@@ -136,36 +137,13 @@ final class PostgresCluster: Sendable {
         }
     }
 
-    /// Runs a program to its end (posix_spawn + waitpid; its output to a file) and returns what it printed.
-    /// Not Foundation's `Process`, whose `waitUntilExit` was seen to hang here once a server had started.
+    /// Runs a program to its end (TestSupport's `runProgram`: posix_spawn + waitpid, its output to a file, nothing
+    /// else inherited, so a server started by pg_ctl holds no descriptor of the test process) and returns what it
+    /// printed. Not Foundation's `Process`, whose `waitUntilExit` was seen to hang here once a server had started.
     @discardableResult
     static func run(_ executable: String, _ arguments: [String]) throws -> String {
-        var template = Array("/tmp/bgw-out-XXXXXX".utf8CString)
-        let outputFD = mkstemp(&template)
-        guard outputFD >= 0 else { throw ClusterError("mkstemp failed: errno \(errno)") }
-        let outputPath = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        defer {
-            close(outputFD)
-            unlink(outputPath)
-        }
-        func cStrings(_ strings: [String]) -> [UnsafeMutablePointer<CChar>?] {
-            strings.map { (string: String) -> UnsafeMutablePointer<CChar>? in strdup(string) } + [nil]
-        }
-        let argv = cStrings([executable] + arguments)
-        defer { argv.forEach { free($0) } }
-        let environment = cStrings(["PATH=/usr/bin:/bin:/usr/sbin:/sbin", "LANG=C"])
-        defer { environment.forEach { free($0) } }
-        // The project's own spawn: standard output and error to the file, standard input /dev/null, nothing else
-        // inherited (a server started by pg_ctl must not hold a descriptor of the test process).
-        var pid: pid_t = 0
-        var pidfd: Int32 = -1
-        let error = cws_spawn(executable, argv, environment, nil, 0, 0, [1, 2], [outputFD, outputFD], 2, &pid, &pidfd)
-        guard error == 0 else { throw ClusterError("starting \(executable) failed: errno \(error)") }
-        close(pidfd)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let text = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
-        guard status & 0x7f == 0, (status >> 8) & 0xff == 0 else {
+        let (status, text) = try runProgram(executable, arguments)
+        guard status == 0 else {
             throw ClusterError("\(executable) \(arguments.joined(separator: " ")) ended with status \(status): \(text)")
         }
         return text

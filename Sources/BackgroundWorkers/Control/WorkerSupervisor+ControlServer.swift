@@ -178,13 +178,18 @@ extension WorkerSupervisor {
         return "uid \(peer.uid) is neither the supervisor's user (uid \(own)) nor root, and no group is allowed"
     }
 
-    /// A connection ended (reason nil: the server closes it): its waits end, its notify pids are cleared,
-    /// its linked workers are terminated.
-    private func endSession(_ id: UInt64, reason: UVLineReader.EndReason?) {
+    /// A connection ended (reason nil: the server closes it), after what was written to it when `flushing`
+    /// (an error reply before the close): its waits end, its notify pids are cleared, its linked workers are
+    /// terminated.
+    private func endSession(_ id: UInt64, reason: UVLineReader.EndReason?, flushing: Bool = false) {
         guard let server = self.controlServer, let session = server.sessions.removeValue(forKey: id) else { return }
+        var flushing = flushing
         if case .lineTooLong(let limit)? = reason {
             let error = ControlError(.messageTooLong, "a message is longer than the limit of \(limit) bytes; the connection is closed")
             session.connection.write(ControlCodec.encodeError(id: nil, error))
+            flushing = true
+        }
+        if flushing {
             session.connection.closeAfterWriting()
         } else {
             session.connection.close()
@@ -217,28 +222,21 @@ extension WorkerSupervisor {
         case .failure(let failure):
             // Not a request of this protocol: answer if possible, then close.
             session.connection.write(ControlCodec.encodeError(id: failure.id, failure.error))
-            self.closeSession(sessionID)
+            self.endSession(sessionID, reason: nil, flushing: true)
             return
         }
         guard session.greeted || request.method == .hello else {
             let error = ControlError(.invalidRequest, "the first request must be hello, not \(request.method)")
             session.connection.write(ControlCodec.encodeError(id: request.id, error))
-            self.closeSession(sessionID)
+            self.endSession(sessionID, reason: nil, flushing: true)
             return
         }
         do {
             try self.handle(request, session)
         } catch {
             session.connection.write(ControlCodec.encodeError(id: request.id, error))
-            if request.method == .hello { self.closeSession(sessionID) }
+            if request.method == .hello { self.endSession(sessionID, reason: nil, flushing: true) }
         }
-    }
-
-    /// Closes a session after what was written to it.
-    private func closeSession(_ id: UInt64) {
-        guard let session = self.controlServer?.sessions[id] else { return }
-        self.endSession(id, reason: nil)
-        session.connection.closeAfterWriting()
     }
 
     private func reply(_ session: ControlSession, _ id: Int64, _ result: some Encodable) {
@@ -614,3 +612,4 @@ extension WorkerEvent.Kind {
         }
     }
 }
+
