@@ -16,17 +16,15 @@ let bgworkerctl = "\(buildDirectory)/bgworkerctl"
 /// with waits for a line containing a text: `bgworkerd`, or a control client.
 final class RunningProgram: Sendable {
     private struct State {
-        var lines: [String] = []
-        var ended = false
         /// Reaped: its pid may belong to another process now, so it is never signalled again.
         var reaped = false
         /// Its exit status, once ``exit()`` returned (the loop is stopped then: later calls answer from here).
         var exitStatus: UVExitStatus?
-        var waiters: [(text: String, continuation: CheckedContinuation<Bool, Never>)] = []
     }
 
     let loop: UVEventLoop
     let process: UVChildProcess
+    private let collected = LineCollector()
     private let state = Mutex(State())
 
     /// Starts `executable` in a process group of its own.
@@ -40,55 +38,25 @@ final class RunningProgram: Sendable {
         self.process = try await loop.submit { try loop.spawn(spawnOptions) }
         output.closeWriteEnd()
         let descriptor = output.readEnd
+        let collected = self.collected
         try await loop.submit {
-            _ = try loop.readLines(from: descriptor, maxLineLength: 1 << 20) { [self] line in
-                self.add(line)
-            } onEnd: { [self] _ in
-                self.end()
+            _ = try loop.readLines(from: descriptor, maxLineLength: 1 << 20) { line in
+                collected.add(line)
+            } onEnd: { _ in
+                collected.end()
             }
         }
-    }
-
-    private func add(_ line: String) {
-        let ready = self.state.withLock { state in
-            state.lines.append(line)
-            var ready: [CheckedContinuation<Bool, Never>] = []
-            state.waiters.removeAll { waiter in
-                guard line.contains(waiter.text) else { return false }
-                ready.append(waiter.continuation)
-                return true
-            }
-            return ready
-        }
-        for continuation in ready { continuation.resume(returning: true) }
-    }
-
-    private func end() {
-        let waiters = self.state.withLock { state in
-            state.ended = true
-            defer { state.waiters.removeAll() }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.continuation.resume(returning: false) }
     }
 
     /// Every line so far.
-    var lines: [String] { self.state.withLock { $0.lines } }
+    var lines: [String] { self.collected.lines }
 
     /// The output so far, one string.
     var output: String { self.lines.joined(separator: "\n") }
 
     /// Waits for a line containing `text` (one already written counts); false when the output ended first.
     func waitFor(_ text: String) async -> Bool {
-        await withCheckedContinuation { continuation in
-            let answer: Bool? = self.state.withLock { state in
-                if state.lines.contains(where: { $0.contains(text) }) { return true }
-                if state.ended { return false }
-                state.waiters.append((text, continuation))
-                return nil
-            }
-            if let answer { continuation.resume(returning: answer) }
-        }
+        await self.collected.waitFor(text)
     }
 
     /// Waits for the process's exit and for the end of its output; returns the exit status.

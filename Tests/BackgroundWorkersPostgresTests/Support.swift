@@ -49,62 +49,21 @@ func eventually(within seconds: Int = 20, _ condition: () throws -> Bool) async 
 
 /// Collects log messages and lets a test await one.
 final class LogCollector: Sendable {
-    private struct Waiter {
-        let id: Int
-        let text: String
-        let count: Int
-        let continuation: CheckedContinuation<Bool, Never>
-    }
-
-    private let state = Mutex<(messages: [String], waiters: [Waiter], nextID: Int)>(([], [], 0))
+    private let messages = LineCollector()
 
     var logger: Logger {
         Logger(label: "collector") { _ in CollectingHandler(collector: self) }
     }
 
     func add(_ message: String) {
-        let ready = self.state.withLock { state -> [Waiter] in
-            state.messages.append(message)
-            let messages = state.messages
-            func satisfied(_ waiter: Waiter) -> Bool {
-                message.contains(waiter.text) && messages.count { $0.contains(waiter.text) } >= waiter.count
-            }
-            let matched = state.waiters.filter(satisfied)
-            state.waiters.removeAll(where: satisfied)
-            return matched
-        }
-        ready.forEach { $0.continuation.resume(returning: true) }
+        self.messages.add(message)
     }
 
     /// Returns true once `count` messages containing `text` were logged, false if the task was cancelled first
     /// (a test's time limit cancels it).
     @discardableResult
     func waitFor(_ text: String, count: Int = 1) async -> Bool {
-        let id = self.state.withLock { state -> Int in
-            state.nextID += 1
-            return state.nextID
-        }
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let now = self.state.withLock { state -> Bool in
-                    if state.messages.count(where: { $0.contains(text) }) >= count { return true }
-                    if Task.isCancelled { return true }
-                    state.waiters.append(Waiter(id: id, text: text, count: count, continuation: continuation))
-                    return false
-                }
-                if now { continuation.resume(returning: self.occurrences(of: text) >= count) }
-            }
-        } onCancel: {
-            let waiter = self.state.withLock { state -> Waiter? in
-                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
-                return state.waiters.remove(at: index)
-            }
-            waiter?.continuation.resume(returning: false)
-        }
-    }
-
-    private func occurrences(of text: String) -> Int {
-        self.state.withLock { $0.messages.count { $0.contains(text) } }
+        await self.messages.waitFor(text, count: count)
     }
 }
 

@@ -315,3 +315,80 @@ public func runProgram(_ executable: String, _ arguments: [String], environment:
     let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     return (code, String(decoding: text, as: UTF8.self))
 }
+
+/// Lines as they come (a program's output, log messages), and waits for a line containing a text. A wait
+/// ends with true once enough such lines came, false when no more lines will come (``end()``) or the waiting
+/// task is cancelled (a test's time limit cancels it).
+public final class LineCollector: Sendable {
+    private struct Waiter {
+        let id: Int
+        let text: String
+        let count: Int
+        let continuation: CheckedContinuation<Bool, Never>
+    }
+
+    private struct State {
+        var lines: [String] = []
+        var ended = false
+        var waiters: [Waiter] = []
+        var nextID = 0
+
+        func occurrences(of text: String) -> Int { self.lines.count { $0.contains(text) } }
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Every line so far.
+    public var lines: [String] { self.state.withLock { $0.lines } }
+
+    /// Adds a line; the waits it completes end.
+    public func add(_ line: String) {
+        let ready = self.state.withLock { state -> [Waiter] in
+            state.lines.append(line)
+            let lines = state.lines
+            let satisfied = { (waiter: Waiter) in line.contains(waiter.text) && lines.count { $0.contains(waiter.text) } >= waiter.count }
+            let matched = state.waiters.filter(satisfied)
+            state.waiters.removeAll(where: satisfied)
+            return matched
+        }
+        ready.forEach { $0.continuation.resume(returning: true) }
+    }
+
+    /// No more lines will come: every wait still open ends with false.
+    public func end() {
+        let waiters = self.state.withLock { state in
+            state.ended = true
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        waiters.forEach { $0.continuation.resume(returning: false) }
+    }
+
+    /// Returns true once `count` lines containing `text` came (those already there count).
+    @discardableResult
+    public func waitFor(_ text: String, count: Int = 1) async -> Bool {
+        let id = self.state.withLock { state -> Int in
+            state.nextID += 1
+            return state.nextID
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let now = self.state.withLock { state -> Bool? in
+                    if state.occurrences(of: text) >= count { return true }
+                    if state.ended || Task.isCancelled { return false }
+                    state.waiters.append(Waiter(id: id, text: text, count: count, continuation: continuation))
+                    return nil
+                }
+                if let now { continuation.resume(returning: now) }
+            }
+        } onCancel: {
+            let waiter = self.state.withLock { state -> Waiter? in
+                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiters.remove(at: index)
+            }
+            waiter?.continuation.resume(returning: false)
+        }
+    }
+}
