@@ -48,36 +48,69 @@ public enum ControlCodec {
             return fail(nil, .messageTooLong, "a message of \(line.count) bytes is longer than the limit of \(ControlProtocol.maxMessageLength)")
         }
         let data = Data(line)
-        let value: JSONValue
+        let envelope: RequestEnvelope
         do {
-            value = try JSONDecoder().decode(JSONValue.self, from: data)
+            envelope = try JSONDecoder().decode(RequestEnvelope.self, from: data)
+        } catch DecodingError.typeMismatch {
+            return fail(nil, .invalidRequest, "a message must be a JSON object")
         } catch {
             return fail(nil, .parseError, "the message is not JSON")
         }
-        guard case .object(let object) = value else {
-            return fail(nil, .invalidRequest, "a message must be a JSON object")
-        }
-        guard case .integer(let id)? = object["id"] else {
+        guard let id = envelope.id else {
             return fail(nil, .invalidRequest, "the request has no integer id; every request needs one to be answered")
         }
-        guard case .string(ControlProtocol.jsonRPC)? = object["jsonrpc"] else {
+        guard envelope.jsonrpc == ControlProtocol.jsonRPC else {
             return fail(id, .invalidRequest, "jsonrpc must be \"2.0\"")
         }
-        guard case .string(let name)? = object["method"] else {
+        guard let name = envelope.method else {
             return fail(id, .invalidRequest, "the request has no method string")
         }
         guard let method = ControlMethod(rawValue: name) else {
             let known = ControlMethod.allCases.map(\.rawValue).joined(separator: ", ")
             return fail(id, .methodNotFound, "no method '\(name.prefix(100))'; the methods are \(known)")
         }
-        switch object["params"] {
-        case nil, .null?:
+        switch envelope.params {
+        case .absent:
             return .success(ControlRequest(id: id, method: method, message: data, hasParams: false))
-        case .object?:
+        case .object:
             return .success(ControlRequest(id: id, method: method, message: data, hasParams: true))
-        default:
+        case .other:
             return fail(id, .invalidParams, "\(method): params must be an object")
         }
+    }
+
+    /// A request's members as far as `decodeRequest` checks them, read in one pass without decoding the
+    /// parameters (each member that is missing or of another type is nil; nothing throws for them).
+    private struct RequestEnvelope: Decodable {
+        enum Params { case absent, object, other }
+        var id: Int64?
+        var jsonrpc: String?
+        var method: String?
+        var params: Params
+
+        enum CodingKeys: String, CodingKey { case id, jsonrpc, method, params }
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            self.id = (try? container.decodeIfPresent(Int64.self, forKey: .id)) ?? nil
+            self.jsonrpc = (try? container.decodeIfPresent(String.self, forKey: .jsonrpc)) ?? nil
+            self.method = (try? container.decodeIfPresent(String.self, forKey: .method)) ?? nil
+            if !container.contains(.params) || (try? container.decodeNil(forKey: .params)) == true {
+                self.params = .absent
+            } else if (try? container.nestedContainer(keyedBy: AnyKey.self, forKey: .params)) != nil {
+                self.params = .object
+            } else {
+                self.params = .other
+            }
+        }
+    }
+
+    /// Any member name.
+    private struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
     }
 
     /// A request's line (with its newline), for clients.
@@ -108,22 +141,68 @@ public enum ControlCodec {
 
     /// A reply, as a client reads it: its id, and the result (decode it with `decodeResult`) or the error.
     public static func decodeReply(_ line: some Collection<UInt8>) throws(ControlError) -> (id: Int64?, error: ControlError?) {
-        let data = Data(line)
-        guard let value = try? JSONDecoder().decode(JSONValue.self, from: data), case .object(let object) = value else {
+        let reply = try Self.reply(line, as: Skipped.self)
+        switch reply.outcome {
+        case .failure(let error): return (reply.id, error)
+        case .success: return (reply.id, nil)
+        }
+    }
+
+    /// A reply's id and its result (decoded as `Value`) or its error, in one pass over the line.
+    /// - Throws: ``ControlError`` when the line is not a reply, or its result is not a `Value` (naming the field).
+    public static func decodeResponse<Value: Decodable>(
+        _ line: some Collection<UInt8>,
+        as type: Value.Type
+    ) throws(ControlError) -> (id: Int64?, outcome: Result<Value, ControlError>) {
+        let reply = try Self.reply(line, as: Value.self)
+        return (reply.id, reply.outcome)
+    }
+
+    private static func reply<Value: Decodable>(_ line: some Collection<UInt8>, as type: Value.Type) throws(ControlError) -> Reply<Value> {
+        do {
+            return try JSONDecoder().decode(Reply<Value>.self, from: Data(line))
+        } catch let error as ControlError {
+            throw error
+        } catch let error as DecodingError {
+            if case .typeMismatch(_, let context) = error, context.codingPath.isEmpty {
+                throw ControlError(.parseError, "the reply is not a JSON object")
+            }
+            if case .dataCorrupted(let context) = error, context.codingPath.isEmpty {
+                throw ControlError(.parseError, "the reply is not a JSON object")
+            }
+            throw ControlError(.invalidParams, "the reply's \(Self.explain(error))")
+        } catch {
             throw ControlError(.parseError, "the reply is not a JSON object")
         }
+    }
+
+    /// A result that is only checked for presence.
+    private struct Skipped: Decodable {
+        init(from decoder: any Decoder) throws {}
+    }
+
+    /// A reply: its id, and its error or its result decoded as `Value`.
+    private struct Reply<Value: Decodable>: Decodable {
         var id: Int64?
-        if case .integer(let number)? = object["id"] { id = number }
-        if case .object(let error)? = object["error"] {
-            guard case .integer(let number)? = error["code"], let code = Code(number: Int(number)) else {
-                throw ControlError(.invalidRequest, "the reply's error has no known code")
+        var outcome: Result<Value, ControlError>
+
+        enum CodingKeys: String, CodingKey { case id, result, error }
+        enum ErrorKeys: String, CodingKey { case code, message }
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            self.id = (try? container.decodeIfPresent(Int64.self, forKey: .id)) ?? nil
+            if let error = try? container.nestedContainer(keyedBy: ErrorKeys.self, forKey: .error) {
+                guard let number = try? error.decode(Int64.self, forKey: .code), let code = Code(number: Int(number)) else {
+                    throw ControlError(.invalidRequest, "the reply's error has no known code")
+                }
+                let message = (try? error.decodeIfPresent(String.self, forKey: .message)) ?? nil
+                self.outcome = .failure(ControlError(code, message ?? "no message"))
+                return
             }
-            var message = "no message"
-            if case .string(let text)? = error["message"] { message = text }
-            return (id, ControlError(code, message))
+            guard container.contains(.result) else { throw ControlError(.invalidRequest, "the reply has neither result nor error") }
+            self.outcome = .success(try container.decode(Value.self, forKey: .result))
         }
-        guard object["result"] != nil else { throw ControlError(.invalidRequest, "the reply has neither result nor error") }
-        return (id, nil)
     }
 
     /// An event message's event, or nil when the line is not one.
@@ -139,18 +218,13 @@ public enum ControlCodec {
 
     /// The result of a reply `decodeReply` found no error in.
     public static func decodeResult<Value: Decodable>(_ line: some Collection<UInt8>, as type: Value.Type) throws(ControlError) -> Value {
-        do {
-            return try JSONDecoder().decode(ResultWrapper<Value>.self, from: Data(line)).result
-        } catch let error as DecodingError {
-            throw ControlError(.invalidParams, "the reply's \(Self.explain(error))")
-        } catch {
-            throw ControlError(.invalidParams, "the reply's result: \(error)")
+        switch try Self.reply(line, as: Value.self).outcome {
+        case .success(let value): return value
+        case .failure(let error): throw ControlError(.invalidParams, "the reply has an error, not a result: \(error)")
         }
     }
 
     private typealias Code = ControlError.Code
-
-    private struct ResultWrapper<Value: Decodable>: Decodable { var result: Value }
 
     private struct RequestMessage<Params: Encodable>: Encodable {
         var jsonrpc: String
@@ -217,36 +291,6 @@ public enum ControlCodec {
             return "\(path(context)): \(context.debugDescription)"
         @unknown default:
             return "\(error)"
-        }
-    }
-}
-
-/// Any JSON value; integers are kept apart from other numbers so that ids keep their 64 bits.
-enum JSONValue: Decodable, Equatable {
-    case null
-    case bool(Bool)
-    case integer(Int64)
-    case number(Double)
-    case string(String)
-    case array([JSONValue])
-    case object([String: JSONValue])
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let value = try? container.decode(Bool.self) {
-            self = .bool(value)
-        } else if let value = try? container.decode(Int64.self) {
-            self = .integer(value)
-        } else if let value = try? container.decode(Double.self) {
-            self = .number(value)
-        } else if let value = try? container.decode(String.self) {
-            self = .string(value)
-        } else if let value = try? container.decode([JSONValue].self) {
-            self = .array(value)
-        } else {
-            self = .object(try container.decode([String: JSONValue].self))
         }
     }
 }

@@ -48,6 +48,25 @@ struct ControlCodecTests {
         let decoded = try ControlCodec.decodeReply(refusal.dropLast())
         #expect(decoded.id == nil && decoded.error == ControlError(.noFreeSlot, "no free worker slot: 8 of 8 in use"))
         #expect(Set(ControlError.Code.all.map(\.number)).count == ControlError.Code.all.count)
+
+        // One pass: the id with the result, or with the error.
+        let response = try ControlCodec.decodeResponse(result.dropLast(), as: WorkerInfo.self)
+        #expect(response.id == 9 && (try? response.outcome.get()) == info)
+        let refused = try ControlCodec.decodeResponse(refusal.dropLast(), as: WorkerInfo.self)
+        #expect(refused.id == nil && refused.outcome == .failure(ControlError(.noFreeSlot, "no free worker slot: 8 of 8 in use")))
+        // A result of another shape names the field; a line that is no reply says so.
+        do {
+            _ = try ControlCodec.decodeResponse(Array(#"{"jsonrpc":"2.0","id":1,"result":{"slot":"x"}}"#.utf8), as: WorkerInfo.self)
+            Issue.record("a string slot was accepted")
+        } catch {
+            #expect(error.code == .invalidParams && error.message.contains("result.slot"), "\(error)")
+        }
+        #expect(throws: ControlError(.parseError, "the reply is not a JSON object")) {
+            _ = try ControlCodec.decodeResponse(Array("[1]".utf8), as: WorkerInfo.self)
+        }
+        #expect(throws: ControlError(.invalidRequest, "the reply has neither result nor error")) {
+            _ = try ControlCodec.decodeReply(Array(#"{"jsonrpc":"2.0","id":1}"#.utf8))
+        }
     }
 
     @Test("malformed messages get the error JSON-RPC names, with the id when one could be read")

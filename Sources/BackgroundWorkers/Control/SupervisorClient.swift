@@ -302,18 +302,19 @@ final class ClientState: @unchecked Sendable {
         }
     }
 
-    static func decode<Result: Decodable>(_ line: [UInt8], method: ControlMethod, as type: Result.Type) throws(SupervisorError) -> Result {
+    static func decode<Value: Decodable>(_ line: [UInt8], method: ControlMethod, as type: Value.Type) throws(SupervisorError) -> Value {
+        let outcome: Swift.Result<Value, ControlError>
         do {
-            let (_, error) = try ControlCodec.decodeReply(line)
-            if let error {
-                if let code = SupervisorError.Code(control: error.code) { throw SupervisorError(code, error.message, underlying: error) }
-                throw SupervisorError(.controlFailed, "\(method): \(error)", underlying: error)
-            }
-            return try ControlCodec.decodeResult(line, as: type)
-        } catch let error as SupervisorError {
-            throw error
+            outcome = try ControlCodec.decodeResponse(line, as: type).outcome
         } catch {
             throw SupervisorError(.controlFailed, "\(method): the supervisor's reply is not understood: \(error)", underlying: error)
+        }
+        switch outcome {
+        case .success(let value):
+            return value
+        case .failure(let error):
+            if let code = SupervisorError.Code(control: error.code) { throw SupervisorError(code, error.message, underlying: error) }
+            throw SupervisorError(.controlFailed, "\(method): \(error)", underlying: error)
         }
     }
 
@@ -342,15 +343,16 @@ final class ClientState: @unchecked Sendable {
     }
 
     private func received(_ line: [UInt8]) {
-        if let event = ControlCodec.decodeEvent(line) {
-            for stream in self.eventStreams { stream.yield(event) }
+        // Replies are what comes most; an event is neither a result nor an error.
+        guard let (id, error) = try? ControlCodec.decodeReply(line) else {
+            if let event = ControlCodec.decodeEvent(line) {
+                for stream in self.eventStreams { stream.yield(event) }
+            }
             return
         }
-        guard let (id, _) = try? ControlCodec.decodeReply(line) else { return }
         guard let id else {
             // An error without an id: the server refused the connection (permission, limit) or the line.
-            let reason = (try? ControlCodec.decodeReply(line).error).flatMap { $0 }.map { "\($0)" } ?? "an unreadable reply"
-            self.close(reason: "the supervisor refused: \(reason)")
+            self.close(reason: "the supervisor refused: \(error.map { "\($0)" } ?? "an unreadable reply")")
             return
         }
         guard let waiter = self.pending.removeValue(forKey: id) else { return }
