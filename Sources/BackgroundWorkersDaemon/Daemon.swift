@@ -116,7 +116,8 @@ public enum Daemon {
                     allowedGroup: configuration.allowedGroup,
                     maxConnections: configuration.maxConnections,
                     maxRegistrationsPerClient: configuration.maxRegistrationsPerClient,
-                    serverName: "bgworkerd"
+                    serverName: "bgworkerd",
+                    messageTimeout: configuration.messageTimeout
                 )
             )
         } catch {

@@ -16,7 +16,7 @@ import Glibc
 /// maxWorkerProcesses: 8                 # PostgreSQL's max_worker_processes
 /// sharedMemorySize: 1048576             # bytes; 0: none
 /// allowedGroup: bgworker                # a group name or gid whose members may use the socket
-/// limits: { connections: 64, registrationsPerClient: 64 }
+/// limits: { connections: 64, registrationsPerClient: 64, messageTimeout: 10 }  # seconds
 /// defaults: { restartInterval: 60, stopGracePeriod: 10 }  # for workers that set neither
 /// database: { socketDirectory: /var/run/postgresql, port: 5432, user: postgres }
 /// workers:                              # static workers (PostgreSQL's preload registrations)
@@ -40,6 +40,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var maxConnections: Int
     /// The limit of live registrations per connection.
     public var maxRegistrationsPerClient: Int
+    /// How long a message may take to arrive once begun, and a new connection to say hello.
+    public var messageTimeout: Duration = .seconds(10)
     /// The database server for database workers.
     public var database: DatabaseServer?
     /// The static workers, in file order.
@@ -244,12 +246,14 @@ private struct FileModel: Decodable {
     struct Limits: Decodable {
         var connections: Int?
         var registrationsPerClient: Int?
-        enum CodingKeys: String, CodingKey, CaseIterable { case connections, registrationsPerClient }
+        var messageTimeout: Double?
+        enum CodingKeys: String, CodingKey, CaseIterable { case connections, registrationsPerClient, messageTimeout }
         init(from decoder: any Decoder) throws {
             try refuseUnknownKeys(decoder, CodingKeys.allCases.map(\.rawValue))
             let container = try decoder.container(keyedBy: CodingKeys.self)
             self.connections = try container.decodeIfPresent(Int.self, forKey: .connections)
             self.registrationsPerClient = try container.decodeIfPresent(Int.self, forKey: .registrationsPerClient)
+            self.messageTimeout = try container.decodeIfPresent(Double.self, forKey: .messageTimeout)
         }
     }
 
@@ -319,6 +323,10 @@ private struct FileModel: Decodable {
         let perClient = self.limits?.registrationsPerClient ?? 64
         guard connections >= 1 else { throw fail("limits", "connections \(connections) must be at least 1") }
         guard perClient >= 1 else { throw fail("limits", "registrationsPerClient \(perClient) must be at least 1") }
+        let messageTimeout = self.limits?.messageTimeout ?? 10
+        guard messageTimeout.isFinite, messageTimeout >= 0.001, messageTimeout <= 86_400 else {
+            throw fail("limits", "messageTimeout \(messageTimeout) is outside 0.001...86400 seconds")
+        }
         if let grace = self.defaults?.stopGracePeriod, !(grace.isFinite && grace > 0 && grace <= 3600) {
             throw fail("defaults", "stopGracePeriod \(grace) is outside (0, 3600] seconds")
         }
@@ -353,6 +361,7 @@ private struct FileModel: Decodable {
             allowedGroup: group,
             maxConnections: connections,
             maxRegistrationsPerClient: perClient,
+            messageTimeout: .milliseconds(Int64((messageTimeout * 1000).rounded())),
             database: database,
             workers: workers,
             source: file

@@ -70,6 +70,7 @@ struct DaemonTests {
                 ("workers:\n  - name: two\n    executable: /bin/true\n    builtin: heartbeat\n", "workers[0] 'two': give exactly one entry point"),
                 ("workers:\n  - name: missing\n    executable: /no/such/binary\n", "workers[0] 'missing'"),
                 ("maxWorkerProcesses: 0\n", "maxWorkerProcesses 0"),
+                ("limits: { messageTimeout: 0 }\n", "limits: messageTimeout 0.0 is outside 0.001...86400 seconds"),
                 ("workers: [\n", "is not valid YAML"),
                 ("workers:\n  - name: \"\"\n    executable: /bin/true\n", "name is"),
             ]

@@ -302,6 +302,42 @@ extension SupervisorTests {
             }
         }
 
+        @Test("half a message left waiting, or no hello: timedOut after messageTimeout and closed; whole messages in parts and idle clients untouched")
+        func messageTimeout() async throws {
+            try await withServedSupervisor(control: { $0.messageTimeout = .milliseconds(300) }) { supervisor, path in
+                let hello = #"{"jsonrpc":"2.0","id":1,"method":"hello","params":{"protocol":1}}"#
+                let list = #"{"jsonrpc":"2.0","id":2,"method":"list"}"#
+                func expectTimedOut(_ connection: RawUnixConnection, saying words: String) throws {
+                    let reply = try #require(connection.readLine(), "no reply before the close")
+                    let error = try ControlCodec.decodeReply(Array(reply.utf8)).error
+                    #expect(error?.code == .timedOut && error?.message.contains(words) == true, "\(reply)")
+                    #expect(connection.closedByPeer())
+                }
+                // A client greeted first and then idle between messages: never timed out.
+                let idle = try RawUnixConnection(path: path)
+                idle.send(line: hello)
+                #expect(idle.readLine()?.contains("result") == true)
+                // Half a message, and the peer stays connected.
+                let half = try RawUnixConnection(path: path)
+                half.send(line: hello)
+                #expect(half.readLine()?.contains("result") == true)
+                half.send(Array(#"{"jsonrpc":"2.0","id":2,"method":"li"#.utf8))
+                try expectTimedOut(half, saying: "incomplete for 0.3 seconds (36 bytes without a newline)")
+                // Connected, and nothing said at all.
+                let silent = try RawUnixConnection(path: path)
+                try expectTimedOut(silent, saying: "no hello within 0.3 seconds")
+                // A whole message that arrives in parts is answered.
+                let parts = try RawUnixConnection(path: path)
+                parts.send(Array(hello.utf8.prefix(20)))
+                parts.send(Array(hello.utf8.dropFirst(20)) + [10])
+                #expect(parts.readLine()?.contains("result") == true)
+                // The idle client outlived both timeouts and is still served.
+                idle.send(line: list)
+                #expect(idle.readLine()?.contains("result") == true)
+                #expect(await supervisor.controlConnections == 2)
+            }
+        }
+
         @Test("fuzz: thousands of random, truncated and oversized messages while workers run; none is lost")
         func fuzz() async throws {
             try await withServedSupervisor { supervisor, path in

@@ -93,6 +93,56 @@ extension UVConcurrencyTests {
         }
     }
 
+    @Suite("Line readers with an incomplete-line timeout")
+    struct IncompleteLines {
+        @Test("whole lines are delivered; a line begun and left without its newline ends reading after the timeout")
+        func incompleteLine() async throws {
+            try await withLoop { loop async throws in
+                let pipe = try UVPipePair()
+                let lines = Collector<String>()
+                let start = ContinuousClock.now
+                let ended: UVLineReader.EndReason = try await withCheckedThrowingContinuation { ended in
+                    loop.execute {
+                        do {
+                            _ = try loop.readLines(from: pipe.readEnd, incompleteLineTimeout: .milliseconds(200)) { line in
+                                lines.append(line)
+                            } onEnd: { reason in
+                                ended.resume(returning: reason)
+                            }
+                        } catch {
+                            ended.resume(throwing: error)
+                        }
+                    }
+                    // One whole line in two writes, then a line begun and never ended; the writer stays.
+                    for part in ["wh", "ole\nhal", "f"] {
+                        _ = part.withCString { write(pipe.writeEnd, $0, strlen($0)) }
+                    }
+                }
+                #expect(lines.all == ["whole"])
+                #expect(ended == .lineIncomplete(bytes: 4, after: .milliseconds(200)))
+                #expect(ContinuousClock.now - start >= .milliseconds(200))
+                _ = close(pipe.writeEnd)
+            }
+        }
+
+        @Test("a timeout that is not positive is refused naming the value")
+        func invalidTimeout() async throws {
+            try await withLoop { loop async throws in
+                let pipe = try UVPipePair()
+                let error = try await loop.submit { () -> UVError? in
+                    do throws(UVError) {
+                        _ = try loop.readLines(from: pipe.readEnd, incompleteLineTimeout: .zero, onLine: { _ in }, onEnd: { _ in })
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+                #expect(error?.code == .invalidArgument && "\(error!)".contains("incompleteLineTimeout 0.0 seconds must be positive"), "\(String(describing: error))")
+                pipe.close()
+            }
+        }
+    }
+
     @Suite("Signals")
     struct SignalTests {
         @Test("SIGUSR1 sent to the process reaches a watcher callback and a signal sequence")

@@ -27,9 +27,14 @@ public struct ControlSocketConfiguration: Sendable, Hashable {
     public var maxPendingEventBytes: Int
     /// The server's name in `hello`'s result.
     public var serverName: String
+    /// How long a message may take to arrive once its first byte has, and how long a new connection may take
+    /// to say `hello`. A peer that sends half a message and stops, or connects and says nothing, gets a
+    /// `timedOut` error and is closed, so that it holds none of the ``maxConnections`` for long. An idle
+    /// connection between whole messages (a client waiting, a subscriber) is never timed out.
+    public var messageTimeout: Duration
 
     /// A configuration with the defaults: 0600, 64 connections, 64 registrations per client, 4 MiB of
-    /// pending events.
+    /// pending events, 10 seconds for a message.
     public init(
         path: String,
         allowedGroup: UInt32? = nil,
@@ -37,7 +42,8 @@ public struct ControlSocketConfiguration: Sendable, Hashable {
         maxConnections: Int = 64,
         maxRegistrationsPerClient: Int = 64,
         maxPendingEventBytes: Int = 4 << 20,
-        serverName: String = "swift-background-workers"
+        serverName: String = "swift-background-workers",
+        messageTimeout: Duration = .seconds(10)
     ) {
         self.path = path
         self.allowedGroup = allowedGroup
@@ -46,6 +52,7 @@ public struct ControlSocketConfiguration: Sendable, Hashable {
         self.maxRegistrationsPerClient = maxRegistrationsPerClient
         self.maxPendingEventBytes = maxPendingEventBytes
         self.serverName = serverName
+        self.messageTimeout = messageTimeout
     }
 
     /// Where `bgworkerd` listens and `bgworkerctl` connects unless told otherwise: `$BGWORKERD_SOCKET` when
@@ -74,6 +81,9 @@ public struct ControlSocketConfiguration: Sendable, Hashable {
             return "maxRegistrationsPerClient \(self.maxRegistrationsPerClient) must be at least 1"
         }
         if self.maxPendingEventBytes < 4096 { return "maxPendingEventBytes \(self.maxPendingEventBytes) must be at least 4096" }
+        if self.messageTimeout < .milliseconds(1) || self.messageTimeout > .seconds(86_400) {
+            return "messageTimeout \(self.messageTimeout) must be between 1 ms and a day"
+        }
         if let mode = self.socketMode, mode & ~0o777 != 0 { return "socketMode \(String(mode, radix: 8)) has bits beyond 0777" }
         return nil
     }

@@ -42,6 +42,8 @@ final class ControlSession: @unchecked Sendable {
     let id: UInt64
     let connection: UVUnixConnection
     var greeted = false
+    /// Closes the connection unless `hello` comes first.
+    var helloDeadline: UVTimer?
     /// It said in `hello` that it handles SIGUSR1: its pid counts as notifiable while it is connected.
     var takesNotifications = false
     /// The live workers it registered (finished ones leave at its next registration).
@@ -155,11 +157,22 @@ extension WorkerSupervisor {
         server.nextSession += 1
         let session = ControlSession(id: id, connection: connection)
         server.sessions[id] = session
+        let timeout = server.configuration.messageTimeout
         do {
-            try connection.readLines(maxLineLength: ControlProtocol.maxMessageLength) { [unowned self] line in
+            try connection.readLines(maxLineLength: ControlProtocol.maxMessageLength, incompleteLineTimeout: timeout) {
+                [unowned self] line in
                 self.assumeIsolated { $0.controlLine(id, line) }
             } onEnd: { [unowned self] reason in
                 self.assumeIsolated { $0.endSession(id, reason: reason) }
+            }
+            session.helloDeadline = try self.loop.scheduleTimer(after: timeout) { [unowned self] in
+                self.assumeIsolated { supervisor in
+                    guard let session = supervisor.controlServer?.sessions[id] else { return }
+                    supervisor.logger.warning("closed a control connection that said no hello", metadata: ["peer": "\(peer)"])
+                    let error = ControlError(.timedOut, "no hello within \(timeout) of connecting; the connection is closed")
+                    session.connection.write(ControlCodec.encodeError(id: nil, error))
+                    supervisor.endSession(id, reason: nil, flushing: true)
+                }
             }
         } catch {
             server.sessions[id] = nil
@@ -183,11 +196,23 @@ extension WorkerSupervisor {
     /// terminated.
     private func endSession(_ id: UInt64, reason: UVLineReader.EndReason?, flushing: Bool = false) {
         guard let server = self.controlServer, let session = server.sessions.removeValue(forKey: id) else { return }
+        session.helloDeadline?.cancel()
         var flushing = flushing
-        if case .lineTooLong(let limit)? = reason {
+        switch reason {
+        case .lineTooLong(let limit)?:
             let error = ControlError(.messageTooLong, "a message is longer than the limit of \(limit) bytes; the connection is closed")
             session.connection.write(ControlCodec.encodeError(id: nil, error))
             flushing = true
+        case .lineIncomplete(let bytes, let after)?:
+            self.logger.warning("closed a control connection whose message stayed incomplete", metadata: ["peer": "\(session.connection.peer)"])
+            let error = ControlError(
+                .timedOut,
+                "a message stayed incomplete for \(after) (\(bytes) bytes without a newline); the connection is closed"
+            )
+            session.connection.write(ControlCodec.encodeError(id: nil, error))
+            flushing = true
+        default:
+            break
         }
         if flushing {
             session.connection.closeAfterWriting()
@@ -260,6 +285,8 @@ extension WorkerSupervisor {
                 )
             }
             session.greeted = true
+            session.helloDeadline?.cancel()
+            session.helloDeadline = nil
             if params.notifications == true {
                 session.takesNotifications = true
                 self.machine.peerConnected(pid: session.connection.peer.pid)

@@ -5,12 +5,15 @@ import Glibc
 #endif
 
 /// Reads newline-terminated lines from a descriptor on a ``UVEventLoop`` (made by
-/// ``UVEventLoop/readLines(from:maxLineLength:onLine:onEnd:)``).
+/// ``UVEventLoop/readLines(from:maxLineLength:incompleteLineTimeout:onLine:onEnd:)``).
 ///
 /// The reader owns the descriptor from then on and closes it when reading ends. Each line is delivered without
 /// its `\n` (and without a `\r` before it); bytes after the last newline at end of file are delivered as a
 /// final line. Invalid UTF-8 is repaired with U+FFFD. A line longer than the limit ends reading with
-/// ``EndReason/lineTooLong(limit:)``: a peer that breaks the line protocol is not buffered without bound.
+/// ``EndReason/lineTooLong(limit:)``: a peer that breaks the line protocol is not buffered without bound. With
+/// an `incompleteLineTimeout`, a line whose first bytes came but whose newline does not come within it ends
+/// reading with ``EndReason/lineIncomplete(bytes:after:)``: a peer that sends half a message and stops holds
+/// nothing for long.
 public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
     // @unchecked Sendable: every `var` is touched only on the loop thread.
 
@@ -24,6 +27,9 @@ public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
         case lineTooLong(limit: Int)
         /// Reading failed.
         case readFailed(UVError)
+        /// A line's first bytes came, and its newline did not come within the reader's
+        /// `incompleteLineTimeout`; `bytes` were waiting.
+        case lineIncomplete(bytes: Int, after: Duration)
 
         /// A short explanation.
         public var description: String {
@@ -32,6 +38,7 @@ public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
             case .closed: "closed"
             case .lineTooLong(let limit): "a line was longer than \(limit) bytes"
             case .readFailed(let error): "\(error)"
+            case .lineIncomplete(let bytes, let after): "a line stayed incomplete for \(after) (\(bytes) bytes without a newline)"
             }
         }
     }
@@ -40,25 +47,34 @@ public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
     public let loop: UVEventLoop
     /// The longest line accepted, in bytes, without its newline.
     public let maxLineLength: Int
+    /// How long a started line may wait for its newline; nil: as long as it takes.
+    public let incompleteLineTimeout: Duration?
 
     private var handle: UnsafeMutablePointer<uv_pipe_t>?
     private var onLine: ((String) -> Void)?
     private var onEnd: ((EndReason) -> Void)?
     private var pending: [UInt8] = []
+    /// Runs out when the line in `pending` stays incomplete for `incompleteLineTimeout`.
+    private var incompleteTimer: UVTimer?
     private let buffer: UnsafeMutableRawBufferPointer
 
     init(
         loop: UVEventLoop,
         descriptor: Int32,
         maxLineLength: Int,
+        incompleteLineTimeout: Duration?,
         onLine: @escaping (String) -> Void,
         onEnd: @escaping (EndReason) -> Void
     ) throws(UVError) {
         guard maxLineLength > 0 else {
             throw UVError(.invalidArgument, context: "maxLineLength \(maxLineLength) must be at least 1")
         }
+        if let timeout = incompleteLineTimeout, timeout <= .zero {
+            throw UVError(.invalidArgument, context: "incompleteLineTimeout \(timeout) must be positive")
+        }
         self.loop = loop
         self.maxLineLength = maxLineLength
+        self.incompleteLineTimeout = incompleteLineTimeout
         self.buffer = .allocate(byteCount: 4096, alignment: 16)
         let handle = UnsafeMutablePointer<uv_pipe_t>.allocate(capacity: 1)
         uv_pipe_init(loop.uvLoop, handle, 0)
@@ -142,6 +158,7 @@ public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
             return
         }
         var bytes = UnsafeRawBufferPointer(rebasing: self.buffer[0..<count])
+        var completedLine = false
         while let newline = bytes.firstIndex(of: UInt8(ascii: "\n")) {
             let head = bytes[bytes.startIndex..<newline]
             guard self.pending.count + head.count <= self.maxLineLength else {
@@ -156,6 +173,7 @@ public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
                 self.pending.removeAll(keepingCapacity: true)
             }
             guard self.handle != nil else { return }  // `onLine` cancelled the reader
+            completedLine = true
             bytes = UnsafeRawBufferPointer(rebasing: bytes[(newline + 1)...])
         }
         guard self.pending.count + bytes.count <= self.maxLineLength else {
@@ -163,6 +181,23 @@ public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
             return
         }
         self.pending.append(contentsOf: bytes)
+        self.timeIncompleteLine(startedAnew: completedLine)
+    }
+
+    /// Starts the incomplete-line timer when a line has begun (again, when the bytes after a completed line
+    /// begin the next one), stops it when no line is pending.
+    private func timeIncompleteLine(startedAnew: Bool) {
+        guard let timeout = self.incompleteLineTimeout else { return }
+        if self.pending.isEmpty || startedAnew {
+            self.incompleteTimer?.cancel()
+            self.incompleteTimer = nil
+        }
+        guard !self.pending.isEmpty, self.incompleteTimer == nil else { return }
+        self.incompleteTimer = try? self.loop.scheduleTimer(after: timeout) { [weak self] in
+            guard let self else { return }
+            self.incompleteTimer = nil
+            self.close(reason: .lineIncomplete(bytes: self.pending.count, after: timeout))
+        }
     }
 
     private func deliver<Bytes: Collection<UInt8>>(_ line: Bytes) {
@@ -175,6 +210,8 @@ public final class UVLineReader: UVHandleOwner, @unchecked Sendable {
         guard let handle = self.handle else { return }
         self.handle = nil
         self.onLine = nil
+        self.incompleteTimer?.cancel()
+        self.incompleteTimer = nil
         self.loop.unregister(self)
         uvCloseReleasingOwner(handle)
         let onEnd = self.onEnd
@@ -190,6 +227,8 @@ extension UVEventLoop {
     /// - Parameters:
     ///   - descriptor: A pipe's read end, or another stream descriptor.
     ///   - maxLineLength: The longest line accepted, in bytes; a longer one ends reading.
+    ///   - incompleteLineTimeout: How long a line whose first bytes came may wait for its newline before
+    ///     reading ends with ``UVLineReader/EndReason/lineIncomplete(bytes:after:)``; nil: no limit.
     ///   - onLine: Runs on the loop thread for each line.
     ///   - onEnd: Runs once on the loop thread when reading ends, with the reason.
     /// - Throws: ``UVError`` with ``UVError/Code/pipeFailed`` (the descriptor is then still the caller's), or
@@ -197,6 +236,7 @@ extension UVEventLoop {
     public func readLines(
         from descriptor: Int32,
         maxLineLength: Int = 4096,
+        incompleteLineTimeout: Duration? = nil,
         onLine: @escaping (String) -> Void,
         onEnd: @escaping (UVLineReader.EndReason) -> Void
     ) throws(UVError) -> UVLineReader {
@@ -206,6 +246,7 @@ extension UVEventLoop {
             loop: self,
             descriptor: descriptor,
             maxLineLength: maxLineLength,
+            incompleteLineTimeout: incompleteLineTimeout,
             onLine: onLine,
             onEnd: onEnd
         )

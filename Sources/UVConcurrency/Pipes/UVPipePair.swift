@@ -2,7 +2,7 @@ import CWorkerSupport
 
 /// The two descriptors of a pipe: bytes written to ``writeEnd`` are read from ``readEnd``.
 ///
-/// The caller owns both descriptors and closes them (``close()``, or ``UVEventLoop/readLines(from:maxLineLength:onLine:onEnd:)``
+/// The caller owns both descriptors and closes them (``close()``, or ``UVEventLoop/readLines(from:maxLineLength:incompleteLineTimeout:onLine:onEnd:)``
 /// takes over the read end). To give an end to a child, name it in ``UVSpawnOptions/descriptors``: the child's
 /// copy is made without close-on-exec, while this process's stays close-on-exec, so no other child inherits it.
 public struct UVPipePair: Sendable, Hashable {

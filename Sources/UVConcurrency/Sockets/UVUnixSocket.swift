@@ -124,11 +124,12 @@ public final class UVUnixConnection: UVHandleOwner, @unchecked Sendable {
     /// Whether it is still open.
     public var isOpen: Bool { self.handle != nil }
 
-    /// Starts reading lines; `onEnd` runs once when the peer closed its end, a line was too long, reading
-    /// failed or ``close()`` was called. Call it once.
+    /// Starts reading lines; `onEnd` runs once when the peer closed its end, a line was too long or stayed
+    /// incomplete longer than `incompleteLineTimeout`, reading failed or ``close()`` was called. Call it once.
     /// - Throws: ``UVError`` when the connection is closed or reading cannot start.
     public func readLines(
         maxLineLength: Int,
+        incompleteLineTimeout: Duration? = nil,
         onLine: @escaping (String) -> Void,
         onEnd: @escaping (UVLineReader.EndReason) -> Void
     ) throws(UVError) {
@@ -144,7 +145,12 @@ public final class UVUnixConnection: UVHandleOwner, @unchecked Sendable {
         guard duplicate >= 0 else { throw UVError(.pipeFailed, errno: errno, context: "duplicating a connection's descriptor") }
         self.onEnd = onEnd
         do {
-            self.reader = try self.loop.readLines(from: duplicate, maxLineLength: maxLineLength, onLine: onLine) { [weak self] reason in
+            self.reader = try self.loop.readLines(
+                from: duplicate,
+                maxLineLength: maxLineLength,
+                incompleteLineTimeout: incompleteLineTimeout,
+                onLine: onLine
+            ) { [weak self] reason in
                 guard let self else { return }
                 let onEnd = self.onEnd
                 self.onEnd = nil
