@@ -128,7 +128,7 @@ public enum ControlCodec {
         let message = ErrorMessage(
             jsonrpc: ControlProtocol.jsonRPC,
             id: id,
-            error: .init(code: error.code.number, message: error.message, data: .init(name: error.code.name))
+            error: .init(code: error.code.number, message: error.message, data: .init(name: error.code.name, worker: error.worker))
         )
         // Only strings and numbers: cannot fail.
         return (try? Self.line(message)) ?? Array("{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32603,\"message\":\"internal error\"}}\n".utf8)
@@ -187,7 +187,8 @@ public enum ControlCodec {
         var outcome: Result<Value, ControlError>
 
         enum CodingKeys: String, CodingKey { case id, result, error }
-        enum ErrorKeys: String, CodingKey { case code, message }
+        enum ErrorKeys: String, CodingKey { case code, message, data }
+        enum DataKeys: String, CodingKey { case worker }
 
         init(from decoder: any Decoder) throws {
             let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -197,7 +198,9 @@ public enum ControlCodec {
                     throw ControlError(.invalidRequest, "the reply's error has no known code")
                 }
                 let message = (try? error.decodeIfPresent(String.self, forKey: .message)) ?? nil
-                self.outcome = .failure(ControlError(code, message ?? "no message"))
+                let data = try? error.nestedContainer(keyedBy: DataKeys.self, forKey: .data)
+                let worker = (try? data?.decodeIfPresent(WorkerInfo.self, forKey: .worker)) ?? nil
+                self.outcome = .failure(ControlError(code, message ?? "no message", worker: worker))
                 return
             }
             guard container.contains(.result) else { throw ControlError(.invalidRequest, "the reply has neither result nor error") }
@@ -241,7 +244,10 @@ public enum ControlCodec {
 
     private struct ErrorMessage: Encodable {
         struct Body: Encodable {
-            struct Details: Encodable { var name: String }
+            struct Details: Encodable {
+                var name: String
+                var worker: WorkerInfo?
+            }
             var code: Int
             var message: String
             var data: Details

@@ -76,11 +76,15 @@ public struct ControlError: Error, Sendable, Hashable, CustomStringConvertible {
     public let code: Code
     /// A sentence naming the value involved.
     public let message: String
+    /// The state of the worker the error is about, when it is about one (a wait's `workerStopped` or
+    /// `supervisorStopped`: how the worker stopped). Sent as `error.data.worker`.
+    public let worker: WorkerInfo?
 
     /// Creates an error.
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, worker: WorkerInfo? = nil) {
         self.code = code
         self.message = message
+        self.worker = worker
     }
 
     /// `name: message`.

@@ -54,6 +54,9 @@ struct ControlCodecTests {
         #expect(response.id == 9 && (try? response.outcome.get()) == info)
         let refused = try ControlCodec.decodeResponse(refusal.dropLast(), as: WorkerInfo.self)
         #expect(refused.id == nil && refused.outcome == .failure(ControlError(.noFreeSlot, "no free worker slot: 8 of 8 in use")))
+        // An error about a worker carries the worker's state.
+        let stopped = ControlCodec.encodeError(id: 10, ControlError(.workerStopped, "worker 'w' stopped", worker: info))
+        #expect(try ControlCodec.decodeResponse(stopped.dropLast(), as: WaitResult.self).outcome == .failure(ControlError(.workerStopped, "worker 'w' stopped", worker: info)))
         // A result of another shape names the field; a line that is no reply says so.
         do {
             _ = try ControlCodec.decodeResponse(Array(#"{"jsonrpc":"2.0","id":1,"result":{"slot":"x"}}"#.utf8), as: WorkerInfo.self)

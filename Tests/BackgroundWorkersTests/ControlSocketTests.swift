@@ -80,13 +80,15 @@ extension SupervisorTests {
                 await #expect(throws: SupervisorError.self) { _ = try await reuse.waitForReady() }
                 let once = try await client.register(shellWorker("once", Script.exit(0)))
                 #expect(try await once.waitForShutdown() == .stopped)
-                do {
-                    _ = try await once.waitForStartup()
-                    // It may have been seen running before it exited; then a second wait is answered at once.
-                } catch let error as SupervisorError {
-                    #expect(error.code == .workerStopped, "\(error)")
-                }
                 #expect(try await once.detail == .unregistered(.completed, lastExit: .exited(0)))
+                // The error of a wait that cannot end says how the worker stopped, as a local one does.
+                let localOnce = try await supervisor.register(shellWorker("local-once", Script.exit(0)))
+                #expect(try await localOnce.waitForShutdown() == .stopped)
+                let localError = await #expect(throws: SupervisorError.self) { _ = try await localOnce.waitForStartup() }
+                let remoteError = await #expect(throws: SupervisorError.self) { _ = try await once.waitForStartup() }
+                #expect(remoteError?.code == .workerStopped && remoteError?.code == localError?.code)
+                #expect(remoteError?.detail == .unregistered(.completed, lastExit: .exited(0)))
+                #expect(remoteError?.detail == localError?.detail)
                 await client.close()
             }
         }

@@ -313,7 +313,9 @@ final class ClientState: @unchecked Sendable {
         case .success(let value):
             return value
         case .failure(let error):
-            if let code = SupervisorError.Code(control: error.code) { throw SupervisorError(code, error.message, underlying: error) }
+            if let code = SupervisorError.Code(control: error.code) {
+                throw SupervisorError(code, error.message, detail: error.worker?.state.detail, underlying: error)
+            }
             throw SupervisorError(.controlFailed, "\(method): \(error)", underlying: error)
         }
     }

@@ -411,7 +411,8 @@ extension WorkerSupervisor {
                 }
                 supervisor.registered(handle, linked: linked, session, request.id)
             } catch let error as SupervisorError {
-                session.connection.write(ControlCodec.encodeError(id: request.id, ControlError(.init(supervisor: error.code), error.message)))
+                let failure = ControlError(.init(supervisor: error.code), error.message)
+                session.connection.write(ControlCodec.encodeError(id: request.id, failure))
             } catch {
                 // Cancelled: the connection ended, nobody to answer.
             }
@@ -454,7 +455,7 @@ extension WorkerSupervisor {
             self.reply(session, request.id, result)
             return
         case .failure(let error)?:
-            throw ControlError(.init(supervisor: error.code), error.message)
+            throw ControlError(.init(supervisor: error.code), error.message, worker: self.workerInfo(handle))
         case nil:
             break
         }
@@ -475,7 +476,8 @@ extension WorkerSupervisor {
             } catch let error as SupervisorError {
                 timedOut.timer?.cancel()
                 guard !session.cancelledRequests.contains(request.id) else { return }
-                session.connection.write(ControlCodec.encodeError(id: request.id, ControlError(.init(supervisor: error.code), error.message)))
+                let failure = ControlError(.init(supervisor: error.code), error.message, worker: supervisor.workerInfo(handle))
+                session.connection.write(ControlCodec.encodeError(id: request.id, failure))
             } catch {
                 guard timedOut.fired else { return }  // cancelled (and answered), or the connection ended
                 let message = "worker \(handle.slot)/\(handle.generation) was not \(params.until) within \(params.timeout) s; it is \(supervisor.detail(of: handle))"
