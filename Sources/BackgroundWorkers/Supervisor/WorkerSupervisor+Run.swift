@@ -4,6 +4,10 @@ import Logging
 import ServiceLifecycle
 import UVConcurrency
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 extension WorkerSupervisor: Service {
     /// Runs the supervisor until it has shut down and every worker has been reaped.
     ///
@@ -30,6 +34,7 @@ extension WorkerSupervisor: Service {
         switch self.machine.mode {
         case .idle:
             self.startGuardian()
+            if self.configuration.forkServer { self.startForkServer() }
             var actions: [SupervisorAction] = []
             self.machine.run(self.readings(), &actions)
             self.isServing = true
@@ -165,6 +170,58 @@ extension WorkerSupervisor: Service {
         }
     }
 
+    /// Starts the fork server; its state changes are logged, and its process group is held by the guardian.
+    func startForkServer() {
+        let server = ForkServer(
+            loop: self.loop,
+            logger: self.logger,
+            environment: self.baseEnvironment,
+            strategy: self.configuration.spawnStrategy,
+            onStateChange: { [unowned self] state in
+                self.assumeIsolated { supervisor in
+                    if case .starting(let pid) = state { supervisor.guardian?.hold(pid) }
+                    if case .ready(let pid) = state { supervisor.logger.debug("fork server ready", metadata: ["forkServer.pid": "\(pid)"]) }
+                }
+            },
+            onOrphans: { [unowned self] orphans in
+                self.assumeIsolated { $0.reapOrphans(orphans) }
+            }
+        )
+        self.forkServer = server
+        server.start()
+    }
+
+    /// Workers a failed fork server made but never reported: already sent SIGKILL, reaped here.
+    private func reapOrphans(_ orphans: [(pid: Int32, pidfd: Int32)]) {
+        for (pid, pidfd) in orphans {
+            kill(pid, SIGKILL)
+            if pidfd >= 0, (try? self.loop.adoptChild(pid: pid, pidfd: pidfd, name: "orphan of the fork server", detached: true)) != nil {
+                continue
+            }
+            if pidfd >= 0 { _ = cws_close(pidfd) }
+            while waitpid(pid, nil, 0) < 0 && errno == EINTR {}
+        }
+    }
+
+    /// Waits while the fork server (``Configuration/forkServer``) is starting; true when built-in workers are
+    /// forked from now on, false when they are exec'd (no fork server configured, the supervisor has not run or
+    /// has stopped, or the server cannot be used: the log says why).
+    public func waitForForkServer() async -> Bool {
+        guard let server = self.forkServer else { return false }
+        if case .ready = await server.waitUntilSettled() { return true }
+        return false
+    }
+
+    /// The fork server's pid while it runs (starting or ready), or nil.
+    public var forkServerPID: Int32? { self.forkServer?.pid }
+
+    /// Whether the worker's current process was forked by the fork server (false when it was exec'd, or has no
+    /// process).
+    public func isForked(_ handle: BackgroundWorkerHandle) -> Bool {
+        guard let resources = self.resources(handle.id), resources.process != nil else { return false }
+        return resources.forked
+    }
+
     /// The guardian ended while the supervisor runs (someone killed it): start another one.
     private func guardianExited(_ status: UVExitStatus) {
         guard self.machine.stoppedBy == nil, !self.closed else { return }
@@ -179,6 +236,7 @@ extension WorkerSupervisor: Service {
         self.closed = true
         self.guardian?.close()
         self.guardian = nil
+        self.forkServer?.stop()
         self.alivePipe.close()
         self.sharedMemory?.close()
         self.sharedMemory = nil

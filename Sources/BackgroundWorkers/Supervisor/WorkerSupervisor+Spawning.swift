@@ -82,17 +82,34 @@ extension WorkerSupervisor {
             }
         }
 
-        let process: UVChildProcess
-        do {
-            process = try self.loop.spawn(options) { status in
-                // libuv's exit callback runs on the loop thread: enter the actor synchronously.
-                self.assumeIsolated { $0.processExited(id, status) }
+        let onExit: (UVExitStatus) -> Void = { status in
+            // The exit callback runs on the loop thread: enter the actor synchronously.
+            self.assumeIsolated { $0.processExited(id, status) }
+        }
+        var forked: UVChildProcess?
+        if entry.builtinName != nil, options.userID == nil, options.groupID == nil, let server = self.forkServer {
+            switch server.fork(options, onExit: onExit) {
+            case .success(let process):
+                forked = process
+            case .failure(let refusal):
+                if case .ready = server.state {
+                    self.logger.info("exec instead of fork: \(refusal)", metadata: resources.metadata)
+                }
             }
-        } catch {
-            readiness?.close()
-            return .spawnFailed(error)
+        }
+        let process: UVChildProcess
+        if let forked {
+            process = forked
+        } else {
+            do {
+                process = try self.loop.spawn(options, onExit: onExit)
+            } catch {
+                readiness?.close()
+                return .spawnFailed(error)
+            }
         }
         resources.process = process
+        resources.forked = forked != nil
         self.guardian?.hold(process.pid)
         if let readiness {
             readiness.closeWriteEnd()

@@ -65,6 +65,8 @@ public actor WorkerSupervisor {
     var guardian: WorkerGuardian?
     /// The control socket, while one is served.
     var controlServer: ControlServer?
+    /// Forks built-in workers when ``Configuration/forkServer`` is set; started by `begin()`.
+    var forkServer: ForkServer?
 
     let metrics: SupervisorMetrics
 
@@ -273,6 +275,8 @@ final class WorkerResources {
     let metadata: Logger.Metadata
     let name: String
     var process: UVChildProcess?
+    /// Whether the running process was forked by the fork server (not exec'd).
+    var forked = false
     var readiness: UVLineReader?
     var restartTimer: UVTimer?
     var killTimer: UVTimer?

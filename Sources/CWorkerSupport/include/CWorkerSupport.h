@@ -161,4 +161,35 @@ int cws_main_wait(int wake_fd);
 /// On the main thread: runs the jobs on Dispatch's main queue (the main actor's, on Linux).
 void cws_main_queue_drain(void);
 
+/// The argument that makes a binary linking this library a fork server (argv[1]; argv[2] is the number of its
+/// socket descriptor). See ForkServer.c for why and how it forks.
+#define CWS_FORK_SERVER_MARKER "--bgworker-fork-server"
+
+/// The most descriptors a fork request can pass to a worker.
+#define CWS_FORK_SERVER_MAX_FDS 16
+
+/// A close-on-exec `SOCK_SEQPACKET` socket pair for a fork server. Returns 0 or an errno.
+int cws_fork_server_socketpair(int fds[2]);
+
+/// Reads the fork server's hello within `timeout_ms`: its pid, its thread count, and the reason it cannot fork
+/// (an errno: ENOSYS without PR_GET_TID_ADDRESS or on another architecture, EDEADLK with more than one thread),
+/// or 0. Returns 0, ETIMEDOUT, EPIPE when the server is gone, or EPROTO.
+int cws_fork_server_hello(int sock, int timeout_ms, pid_t *pid_out, int *threads_out, int *error_out);
+
+/// Asks the fork server on `sock` for a worker and waits up to `timeout_ms` for the answer. The worker is this
+/// process's child (CLONE_PARENT); it gets `argv`, the environment `envp`, its own session with `new_session`,
+/// and child descriptor `child_fds[i]` for parent descriptor `parent_fds[i]` (standard descriptors not named get
+/// /dev/null; nothing else is open). Returns 0 and sets the worker's pid and a pidfd for it (close-on-exec), or an
+/// errno: the server's (EDEADLK: it has more than one thread; EAGAIN, ENOMEM: transient), ETIMEDOUT, EPIPE when
+/// the server is gone, E2BIG for a request over 256 KiB. `*threads_out` gets the server's thread count when it
+/// answered. With EPROTO and `*pid_out` > 0, a worker was made but cannot be watched: it was sent SIGKILL; reap it.
+int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const envp[], int new_session,
+                         const int *child_fds, const int *parent_fds, int fd_count, int timeout_ms, pid_t *pid_out,
+                         int *pidfd_out, int *threads_out);
+
+/// After the fork server was stopped: reads its remaining replies until end of file (or `timeout_ms` without
+/// one), sends SIGKILL to every worker they name, and lists them (at most `capacity`) with their pidfds, for the
+/// caller to reap. Returns how many.
+int cws_fork_server_drain(int sock, int timeout_ms, pid_t *pids, int *pidfds, int capacity);
+
 #endif

@@ -99,6 +99,9 @@ struct FixtureSupervisor {
 extension FixtureSupervisor {
     static func runBuiltin() async throws {
         try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
+            if supervisor.configuration.forkServer {
+                emit("fork server ready \(await supervisor.waitForForkServer()) pid \(await supervisor.forkServerPID ?? 0)")
+            }
             var worker = BackgroundWorker(name: "echo-builtin", entryPoint: .builtin("echo"))
             worker.mainArgument = 9
             worker.reportsReadiness = true
@@ -106,6 +109,7 @@ extension FixtureSupervisor {
             let handle = try await supervisor.register(worker)
             let pid = try await handle.waitForReady()
             emit("builtin ready \(pid)")
+            if supervisor.configuration.forkServer { emit("forked \(await supervisor.isForked(handle))") }
             await handle.terminate()
             _ = try await handle.waitForShutdown()
             emit("\(await handle.detail)")
@@ -293,6 +297,7 @@ extension WorkerSupervisor.Configuration {
         case "posixSpawn": configuration.spawnStrategy = .posixSpawn
         default: break
         }
+        configuration.forkServer = getenv("FIXTURE_FORK_SERVER") != nil
         return configuration
     }
 }

@@ -1,0 +1,493 @@
+// The fork server ("zygote"): a process started from a supervisor's own binary that stops in an ELF
+// constructor, before `main` and before anything of Swift, Dispatch or Foundation has run, and forks a worker on
+// each request, so that a worker skips the loader and the libraries' start-up that an exec pays again.
+//
+// Why forking is safe here, and what would break it:
+// - The server has exactly one thread. It runs only this file's C code, entered from an ELF constructor, so no
+//   Swift concurrency, Dispatch or other thread has been started. A fork of a process with more threads copies
+//   only the calling one, and a lock another thread held (malloc's, the Swift runtime's, Dispatch's) stays held
+//   forever in the child. The server counts its threads (/proc/self/task) before every fork and refuses to fork
+//   with more than one: a library constructor that starts a thread, or a preload that does, is caught there.
+// - The worker is created with `clone(CLONE_PARENT)`: its parent is the supervisor, not the server, so the
+//   supervisor reaps it by pid through a pidfd (CLONE_PIDFD, passed back with SCM_RIGHTS) like any child, and
+//   every rule of the supervisor applies unchanged. glibc has no fork with CLONE_PARENT, so the raw system call
+//   is used and this file does in the child what glibc's fork does there: the kernel writes the child's thread
+//   id into glibc's thread descriptor (CLONE_CHILD_SETTID at the address glibc registered with set_tid_address,
+//   read back with PR_GET_TID_ADDRESS), and the robust-futex list is registered again. glibc's fork handlers do
+//   not run; none is needed because the server holds no lock and has called nothing that keeps per-process state
+//   (arc4random, stdio buffers) when it forks.
+// - The child then does what the supervisor's exec path gives a worker: its own session, exactly the descriptors
+//   sent with the request (through SCM_RIGHTS) at their numbers and nothing else, default signal dispositions and
+//   an empty mask, the worker's environment and arguments (`CommandLine.arguments` through the standard library's
+//   override), and returns from the constructor into the binary's `main`, where `BuiltinWorkers.runIfRequested`
+//   takes over as after an exec.
+// What a fork shares that an exec would not: the address-space layout, the stack-protector canary and the Swift
+// hashing seed of the server, which every worker forked from it has in common.
+#define _GNU_SOURCE
+#include "CWorkerSupport.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef PR_GET_TID_ADDRESS
+#define PR_GET_TID_ADDRESS 40
+#endif
+
+extern char **environ;
+
+// The standard library's override of `CommandLine.arguments` (weak: a binary without Swift never needs it).
+extern void _swift_stdlib_overrideUnsafeArgvArgc(char **argv, int argc) __attribute__((weak));
+
+#define CWS_FORK_MAGIC 0x46574742u  // "BGWF"
+#define CWS_FORK_VERSION 1u
+#define CWS_FORK_MAX_MESSAGE (256 * 1024)
+
+struct cws_fork_request {
+    uint32_t magic;
+    uint32_t version;
+    uint64_t id;
+    uint32_t argc;
+    uint32_t envc;
+    uint32_t fd_count;
+    uint32_t new_session;
+    int32_t child_fds[CWS_FORK_SERVER_MAX_FDS];
+    uint32_t strings_length;  // argv then environment, each NUL-terminated
+};
+
+struct cws_fork_reply {
+    uint32_t magic;
+    uint32_t version;
+    uint64_t id;  // 0: the hello
+    int32_t pid;  // the worker's pid; for the hello, the server's
+    int32_t error;  // an errno, or 0
+    int32_t threads;  // the server's threads when it answered
+};
+
+static int count_threads(void) {
+    DIR *tasks = opendir("/proc/self/task");
+    if (tasks == NULL) return -errno;
+    int count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(tasks)) != NULL) {
+        if (entry->d_name[0] != '.') count++;
+    }
+    closedir(tasks);
+    return count;
+}
+
+static int send_reply(int sock, uint64_t id, int32_t pid, int32_t error, int pidfd, int threads) {
+    struct cws_fork_reply reply = {CWS_FORK_MAGIC, CWS_FORK_VERSION, id, pid, error, threads};
+    struct iovec vector = {&reply, sizeof reply};
+    union {
+        char buffer[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr message = {0};
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    if (pidfd >= 0) {
+        memset(&control, 0, sizeof control);
+        message.msg_control = control.buffer;
+        message.msg_controllen = sizeof control.buffer;
+        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(header), &pidfd, sizeof(int));
+    }
+    for (;;) {
+        if (sendmsg(sock, &message, MSG_NOSIGNAL) >= 0) return 0;
+        if (errno != EINTR) return errno;
+    }
+}
+
+static void close_all(const int *fds, int count) {
+    for (int i = 0; i < count; i++) close(fds[i]);
+}
+
+/// In the new worker: the descriptors at their numbers and nothing else, its session, default signals, its
+/// environment and arguments. Returns 0, or an errno (the child then exits 127).
+static int become_worker(const struct cws_fork_request *request, const char *strings, const int *fds) {
+    int count = (int)request->fd_count;
+    int highest = 2;
+    for (int i = 0; i < count; i++) {
+        if (request->child_fds[i] > highest) highest = request->child_fds[i];
+    }
+    // Out of the way first (a descriptor may have to move onto another's number), then into place; dup2 clears
+    // close-on-exec on the target, which matters to the worker's own children only.
+    int moved[CWS_FORK_SERVER_MAX_FDS];
+    for (int i = 0; i < count; i++) {
+        moved[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, highest + 1);
+        if (moved[i] < 0) return errno;
+    }
+    for (int i = 0; i < count; i++) {
+        if (dup2(moved[i], request->child_fds[i]) < 0) return errno;
+    }
+    for (int fd = 0; fd <= highest; fd++) {
+        int named = 0;
+        for (int i = 0; i < count; i++) named |= request->child_fds[i] == fd;
+        if (named) continue;
+        if (fd <= 2) {
+            int null = open("/dev/null", O_RDWR);
+            if (null < 0) return errno;
+            if (null != fd) {
+                if (dup2(null, fd) < 0) return errno;
+                close(null);
+            }
+        } else {
+            close(fd);
+        }
+    }
+    if (syscall(SYS_close_range, (unsigned)highest + 1, ~0u, 0) != 0) {
+        long limit = sysconf(_SC_OPEN_MAX);
+        for (long fd = highest + 1; fd < (limit > 0 ? limit : 65536); fd++) close((int)fd);
+    }
+    if (request->new_session && setsid() < 0) return errno;
+    struct sigaction fallback = {0};
+    fallback.sa_handler = SIG_DFL;
+    sigemptyset(&fallback.sa_mask);
+    for (int signal = 1; signal < NSIG; signal++) {
+        if (signal == SIGKILL || signal == SIGSTOP) continue;
+        sigaction(signal, &fallback, NULL);  // fails harmlessly for numbers glibc reserves
+    }
+    sigset_t empty;
+    sigemptyset(&empty);
+    sigprocmask(SIG_SETMASK, &empty, NULL);
+
+    char **argv = calloc(request->argc + 1, sizeof(char *));
+    char **envp = calloc(request->envc + 1, sizeof(char *));
+    if (argv == NULL || envp == NULL) return ENOMEM;
+    const char *cursor = strings;
+    for (uint32_t i = 0; i < request->argc; i++) {
+        argv[i] = (char *)cursor;
+        cursor += strlen(cursor) + 1;
+    }
+    for (uint32_t i = 0; i < request->envc; i++) {
+        envp[i] = (char *)cursor;
+        cursor += strlen(cursor) + 1;
+    }
+    environ = envp;
+    if (_swift_stdlib_overrideUnsafeArgvArgc != NULL) _swift_stdlib_overrideUnsafeArgvArgc(argv, (int)request->argc);
+    // The name `ps` shows: argv[0] as an exec would give it.
+    prctl(PR_SET_NAME, (unsigned long)argv[0], 0, 0, 0);
+    return 0;
+}
+
+/// Checks that `length` bytes hold `argc + envc` NUL-terminated strings.
+static int strings_are_complete(const char *strings, uint32_t length, uint32_t count) {
+    uint32_t offset = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        const char *end = memchr(strings + offset, 0, length - offset);
+        if (end == NULL) return 0;
+        offset = (uint32_t)(end - strings) + 1;
+        if (offset > length) return 0;
+    }
+    return 1;
+}
+
+/// The server's loop. Returns only in a forked worker (0), which then goes on into `main`.
+static int serve(int sock) {
+    int *tid_address = NULL;
+    void *robust_head = NULL;
+    size_t robust_length = 0;
+    int setup_error = 0;
+    if (prctl(PR_GET_TID_ADDRESS, (unsigned long)&tid_address, 0, 0, 0) != 0 || tid_address == NULL) {
+        setup_error = errno != 0 ? errno : ENOSYS;
+    } else if (*tid_address != (int)syscall(SYS_gettid)) {
+        setup_error = EPROTO;  // not glibc's thread descriptor: forking would leave the child's wrong
+    }
+    if (syscall(SYS_get_robust_list, 0, &robust_head, &robust_length) != 0) robust_head = NULL;
+#if !defined(__x86_64__) && !defined(__aarch64__)
+    setup_error = ENOSYS;
+#endif
+    int threads = count_threads();
+    if (setup_error == 0 && threads != 1) setup_error = EDEADLK;
+    send_reply(sock, 0, (int32_t)getpid(), setup_error, -1, threads);
+    if (setup_error != 0) _exit(3);
+
+    char *buffer = malloc(CWS_FORK_MAX_MESSAGE);
+    if (buffer == NULL) _exit(3);
+    for (;;) {
+        union {
+            char buffer[CMSG_SPACE(sizeof(int) * CWS_FORK_SERVER_MAX_FDS)];
+            struct cmsghdr align;
+        } control;
+        struct iovec vector = {buffer, CWS_FORK_MAX_MESSAGE};
+        struct msghdr message = {0};
+        message.msg_iov = &vector;
+        message.msg_iovlen = 1;
+        message.msg_control = control.buffer;
+        message.msg_controllen = sizeof control.buffer;
+        ssize_t received = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
+        if (received < 0 && errno == EINTR) continue;
+        if (received <= 0) _exit(0);  // the supervisor closed its end, or died
+
+        int fds[CWS_FORK_SERVER_MAX_FDS];
+        int fd_count = 0;
+        for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
+            if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+            int n = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < n && fd_count < CWS_FORK_SERVER_MAX_FDS; i++) {
+                memcpy(&fds[fd_count++], CMSG_DATA(header) + i * sizeof(int), sizeof(int));
+            }
+        }
+        const struct cws_fork_request *request = (const struct cws_fork_request *)buffer;
+        uint64_t id = received >= (ssize_t)sizeof *request ? request->id : 0;
+        if ((size_t)received < sizeof *request || request->magic != CWS_FORK_MAGIC || request->version != CWS_FORK_VERSION ||
+            (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || request->fd_count != (uint32_t)fd_count ||
+            request->argc == 0 || request->strings_length != (uint32_t)(received - (ssize_t)sizeof *request) ||
+            !strings_are_complete(buffer + sizeof *request, request->strings_length, request->argc + request->envc)) {
+            close_all(fds, fd_count);
+            send_reply(sock, id, -1, EPROTO, -1, threads);
+            continue;
+        }
+        int validity = 0;
+        for (int i = 0; i < fd_count; i++) {
+            if (request->child_fds[i] < 0 || request->child_fds[i] > 1023) validity = EINVAL;
+        }
+        threads = count_threads();
+        if (threads != 1) validity = EDEADLK;
+        if (validity != 0) {
+            close_all(fds, fd_count);
+            send_reply(sock, id, -1, validity, -1, threads);
+            continue;
+        }
+
+        int pidfd = -1;
+        long pid;
+#if defined(__x86_64__)
+        pid = syscall(SYS_clone, CLONE_PARENT | CLONE_PIDFD | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, NULL,
+                      &pidfd, tid_address, 0);
+#elif defined(__aarch64__)
+        pid = syscall(SYS_clone, CLONE_PARENT | CLONE_PIDFD | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, NULL,
+                      &pidfd, 0, tid_address);
+#else
+        pid = -1;
+        errno = ENOSYS;
+#endif
+        if (pid == 0) {
+            if (robust_head != NULL) syscall(SYS_set_robust_list, robust_head, robust_length);
+            close(sock);
+            // The request's buffer stays allocated: the worker's argv and environ point into it.
+            if (become_worker(request, buffer + sizeof *request, fds) != 0) _exit(127);
+            return 0;
+        }
+        int error = pid < 0 ? errno : 0;
+        close_all(fds, fd_count);
+        send_reply(sock, id, pid < 0 ? -1 : (int32_t)pid, error, pid < 0 ? -1 : pidfd, threads);
+        if (pidfd >= 0) close(pidfd);
+    }
+}
+
+__attribute__((constructor)) static void cws_fork_server_entry(int argc, char **argv, char **envp) {
+    (void)envp;
+    if (argc < 3 || argv == NULL || argv[1] == NULL || strcmp(argv[1], CWS_FORK_SERVER_MARKER) != 0) return;
+    char *end = NULL;
+    long sock = strtol(argv[2], &end, 10);
+    if (end == argv[2] || *end != 0 || sock < 0 || sock > 1023) _exit(2);
+    serve((int)sock);
+}
+
+// MARK: - The supervisor's side
+
+int cws_fork_server_socketpair(int fds[2]) {
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) return errno;
+    return 0;
+}
+
+/// Reads one reply (and its pidfd) within `timeout_ms`. Returns 0, ETIMEDOUT, EPIPE when the server is gone,
+/// EPROTO for a malformed reply, or another errno.
+static int read_reply(int sock, int timeout_ms, struct cws_fork_reply *reply, int *pidfd_out) {
+    *pidfd_out = -1;
+    struct pollfd entry = {sock, POLLIN, 0};
+    for (;;) {
+        int ready = poll(&entry, 1, timeout_ms);
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready < 0) return errno;
+        if (ready == 0) return ETIMEDOUT;
+        break;
+    }
+    union {
+        char buffer[CMSG_SPACE(sizeof(int) * 4)];
+        struct cmsghdr align;
+    } control;
+    struct iovec vector = {reply, sizeof *reply};
+    struct msghdr message = {0};
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    message.msg_control = control.buffer;
+    message.msg_controllen = sizeof control.buffer;
+    ssize_t received;
+    do {
+        received = recvmsg(sock, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    } while (received < 0 && errno == EINTR);
+    if (received < 0) return errno == ECONNRESET ? EPIPE : errno;
+    if (received == 0) return EPIPE;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        int n = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(int));
+            if (*pidfd_out < 0) {
+                *pidfd_out = fd;
+            } else {
+                close(fd);
+            }
+        }
+    }
+    if ((size_t)received != sizeof *reply || reply->magic != CWS_FORK_MAGIC || reply->version != CWS_FORK_VERSION) {
+        if (*pidfd_out >= 0) close(*pidfd_out);
+        *pidfd_out = -1;
+        return EPROTO;
+    }
+    return 0;
+}
+
+int cws_fork_server_hello(int sock, int timeout_ms, pid_t *pid_out, int *threads_out, int *error_out) {
+    struct cws_fork_reply reply;
+    int pidfd;
+    int err = read_reply(sock, timeout_ms, &reply, &pidfd);
+    if (pidfd >= 0) close(pidfd);
+    if (err != 0) return err;
+    if (reply.id != 0) return EPROTO;
+    *pid_out = reply.pid;
+    *threads_out = reply.threads;
+    *error_out = reply.error;
+    return 0;
+}
+
+int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const envp[], int new_session,
+                         const int *child_fds, const int *parent_fds, int fd_count, int timeout_ms, pid_t *pid_out,
+                         int *pidfd_out, int *threads_out) {
+    *pid_out = -1;
+    *pidfd_out = -1;
+    if (fd_count < 0 || fd_count > CWS_FORK_SERVER_MAX_FDS || argv == NULL || argv[0] == NULL) return EINVAL;
+    struct cws_fork_request request = {0};
+    request.magic = CWS_FORK_MAGIC;
+    request.version = CWS_FORK_VERSION;
+    request.id = id;
+    request.fd_count = (uint32_t)fd_count;
+    request.new_session = new_session ? 1 : 0;
+    size_t length = 0;
+    for (char *const *arg = argv; *arg != NULL; arg++) {
+        length += strlen(*arg) + 1;
+        request.argc++;
+    }
+    if (envp != NULL) {
+        for (char *const *variable = envp; *variable != NULL; variable++) {
+            length += strlen(*variable) + 1;
+            request.envc++;
+        }
+    }
+    if (length + sizeof request > CWS_FORK_MAX_MESSAGE) return E2BIG;
+    request.strings_length = (uint32_t)length;
+    for (int i = 0; i < fd_count; i++) request.child_fds[i] = child_fds[i];
+    char *message_buffer = malloc(sizeof request + length);
+    if (message_buffer == NULL) return ENOMEM;
+    memcpy(message_buffer, &request, sizeof request);
+    char *cursor = message_buffer + sizeof request;
+    for (char *const *arg = argv; *arg != NULL; arg++) {
+        size_t n = strlen(*arg) + 1;
+        memcpy(cursor, *arg, n);
+        cursor += n;
+    }
+    if (envp != NULL) {
+        for (char *const *variable = envp; *variable != NULL; variable++) {
+            size_t n = strlen(*variable) + 1;
+            memcpy(cursor, *variable, n);
+            cursor += n;
+        }
+    }
+    union {
+        char buffer[CMSG_SPACE(sizeof(int) * CWS_FORK_SERVER_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec vector = {message_buffer, sizeof request + length};
+    struct msghdr message = {0};
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    if (fd_count > 0) {
+        message.msg_control = control.buffer;
+        message.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)fd_count);
+        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)fd_count);
+        memcpy(CMSG_DATA(header), parent_fds, sizeof(int) * (size_t)fd_count);
+    }
+    ssize_t sent;
+    do {
+        sent = sendmsg(sock, &message, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (sent < 0 && errno == EINTR);
+    int send_error = sent < 0 ? errno : 0;
+    free(message_buffer);
+    if (send_error != 0) return send_error == ECONNRESET || send_error == ENOTCONN ? EPIPE : send_error;
+
+    // Replies to earlier requests that timed out are skipped (their workers are killed by the caller's
+    // restart of the server; see cws_fork_server_drain).
+    for (;;) {
+        struct cws_fork_reply reply;
+        int pidfd;
+        int err = read_reply(sock, timeout_ms, &reply, &pidfd);
+        if (err != 0) return err;
+        if (reply.id != id) {
+            if (pidfd >= 0) {
+                syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+                close(pidfd);
+            }
+            continue;
+        }
+        *threads_out = reply.threads;
+        if (reply.error != 0 || reply.pid <= 0) {
+            if (pidfd >= 0) close(pidfd);
+            return reply.error != 0 ? reply.error : EPROTO;
+        }
+        if (pidfd < 0) {
+            // A worker without a pidfd cannot be watched: stopped at once (the caller reaps it by pid).
+            kill(reply.pid, SIGKILL);
+            *pid_out = reply.pid;
+            return EPROTO;
+        }
+        *pid_out = reply.pid;
+        *pidfd_out = pidfd;
+        return 0;
+    }
+}
+
+int cws_fork_server_drain(int sock, int timeout_ms, pid_t *pids, int *pidfds, int capacity) {
+    int count = 0;
+    for (;;) {
+        struct cws_fork_reply reply;
+        int pidfd;
+        int err = read_reply(sock, timeout_ms, &reply, &pidfd);
+        if (err != 0) return count;
+        if (reply.pid > 0 && reply.id != 0) {
+            if (pidfd >= 0) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+            if (count < capacity) {
+                pids[count] = reply.pid;
+                pidfds[count] = pidfd;
+                count++;
+            } else if (pidfd >= 0) {
+                close(pidfd);
+            }
+        } else if (pidfd >= 0) {
+            close(pidfd);
+        }
+    }
+}
