@@ -17,7 +17,8 @@ struct SwiftWorker: BackgroundWorkerMain {
     struct Failure: Error {}
 
     static func run(_ worker: WorkerContext) async throws {
-        let mode = CommandLine.arguments.dropFirst().first ?? "serve"
+        // As a built-in (a supervisor whose builtinExecutable is this binary), the built-in's name is the mode.
+        let mode = BuiltinWorkers.requestedName ?? CommandLine.arguments.dropFirst().first ?? "serve"
         switch mode {
         case "return":
             return
@@ -84,6 +85,8 @@ struct SwiftWorker: BackgroundWorkerMain {
             guard await MainActor.run(body: { cws_gettid() == getpid() }) else { exit(3) }
             try await Task.sleep(for: .milliseconds(1))
             guard await MainActor.run(body: { cws_gettid() == getpid() }) else { exit(4) }
+        case "process-state":  // reports what the process was given, as its error line, and exits 1
+            throw Report(description: Self.processState())
         case "stuck":  // reports ready, then keeps the main thread busy and ignores cancellation
             try worker.reportReady()
             while true { sched_yield() }
@@ -95,6 +98,57 @@ struct SwiftWorker: BackgroundWorkerMain {
             for await _ in worker.reloads {}
             try Task.checkCancellation()
         }
+    }
+}
+
+/// A report carried by the worker's `ERROR=` line.
+struct Report: Error, CustomStringConvertible {
+    let description: String
+}
+
+extension SwiftWorker {
+    /// What a worker's process was given, in one line: open descriptors and what they are, ignored and blocked
+    /// signals, its session, group and parent, its arguments and the names of its environment variables. An
+    /// exec'd and a forked worker must give the same line.
+    static func processState() -> String {
+        var descriptors: [String] = []
+        if let folder = opendir("/proc/self/fd") {
+            let own = dirfd(folder)
+            while let entry = readdir(folder) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                guard let number = Int32(name), number != own else { continue }
+                var target = [CChar](repeating: 0, count: 256)
+                let count = readlink("/proc/self/fd/\(name)", &target, 255)
+                let text = count > 0 ? String(decoding: target.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+                // pipe:[1234] and socket:[1234] name inodes that differ from process to process.
+                descriptors.append("\(number)=\(text.split(separator: ":").first.map(String.init) ?? text)")
+            }
+            closedir(folder)
+        }
+        var signals: [String] = []
+        if let status = fopen("/proc/self/status", "re") {
+            var line = [CChar](repeating: 0, count: 512)
+            while fgets(&line, 512, status) != nil {
+                let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                if text.hasPrefix("SigIgn:") || text.hasPrefix("SigBlk:") { signals.append(text.split(whereSeparator: { $0 == "\t" || $0 == "\n" || $0 == " " }).joined(separator: " ")) }
+            }
+            fclose(status)
+        }
+        let supervisor = getenv("BGW_SUPERVISOR_PID").map { String(cString: $0) } ?? "?"
+        var names: [String] = []
+        var variable = environ
+        while let entry = variable.pointee {
+            let text = String(cString: entry)
+            names.append(String(text.prefix { $0 != "=" }))
+            variable += 1
+        }
+        return [
+            "fds " + descriptors.sorted().joined(separator: " "),
+            signals.sorted().joined(separator: " "),
+            "session-leader \(getsid(0) == getpid()) group-leader \(getpgrp() == getpid()) parent-is-supervisor \(String(getppid()) == supervisor)",
+            "arguments " + CommandLine.arguments.joined(separator: " "),
+            "environment " + names.sorted().joined(separator: ","),
+        ].joined(separator: "; ")
     }
 }
 

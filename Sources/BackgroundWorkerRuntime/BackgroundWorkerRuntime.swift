@@ -202,7 +202,12 @@ public protocol BackgroundWorkerMain: SendableMetatype {
 
 extension BackgroundWorkerMain {
     /// Runs ``run(_:)`` under ``BackgroundWorkerRuntime``.
+    ///
+    /// Started as a built-in (`--bgworker-builtin NAME`, by a supervisor whose
+    /// `Configuration.builtinExecutable` is this binary), the whole binary is the built-in: it tells the
+    /// supervisor so, and ``BuiltinWorkers/requestedName`` says which one was asked for.
     public static func main() {
+        if BuiltinWorkers.requestedName != nil { BuiltinWorkers.announceHandOver() }
         BackgroundWorkerRuntime.run { worker in try await Self.run(worker) }
     }
 }

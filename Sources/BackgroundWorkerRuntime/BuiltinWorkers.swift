@@ -23,19 +23,29 @@ public enum BuiltinWorkers {
     /// If this process was started as a built-in worker, runs the named closure under
     /// ``BackgroundWorkerRuntime`` and never returns; otherwise returns at once.
     public static func runIfRequested(_ workers: [String: @Sendable (WorkerContext) async throws -> Void]) async {
-        let arguments = CommandLine.arguments
-        guard arguments.count >= 3, arguments[1] == WorkerProcessContract.builtinMarker else { return }
-        // Tell the supervisor this binary hands over: without this line it knows the binary ran its own main.
-        if let identity = try? BackgroundWorker.current {
-            BackgroundWorkerRuntime.writeStatusLine(WorkerProcessContract.builtinLine, identity)
-        }
-        let name = arguments[2]
+        guard let name = Self.requestedName else { return }
+        Self.announceHandOver()
         guard let body = workers[name] else {
             let known = workers.keys.sorted().joined(separator: ", ")
             BackgroundWorkerRuntime.printError("no built-in worker named '\(name)' in this binary (it has: \(known))")
             exit(Self.unknownBuiltinExitCode)
         }
         await BackgroundWorkerRuntime.run(body)
+    }
+
+    /// The built-in this process was started as (`--bgworker-builtin NAME`), or nil.
+    public static var requestedName: String? {
+        let arguments = CommandLine.arguments
+        guard arguments.count >= 3, arguments[1] == WorkerProcessContract.builtinMarker else { return nil }
+        return arguments[2]
+    }
+
+    /// Tells the supervisor this binary hands over to its built-in: without this line it knows the binary ran
+    /// its own main.
+    static func announceHandOver() {
+        if let identity = try? BackgroundWorker.current {
+            BackgroundWorkerRuntime.writeStatusLine(WorkerProcessContract.builtinLine, identity)
+        }
     }
 }
 

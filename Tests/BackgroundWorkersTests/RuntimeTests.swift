@@ -1,4 +1,4 @@
-import BackgroundWorkers
+@testable import BackgroundWorkers
 import CWorkerSupport
 import TestSupport
 import Testing
@@ -31,30 +31,61 @@ extension SupervisorTests {
             return identity.environment.merging(["PATH": "/usr/bin:/bin"]) { contract, _ in contract }
         }
 
-        static func swiftWorker(_ name: String, _ mode: String) -> BackgroundWorker {
-            var worker = BackgroundWorker(name: name, entryPoint: .executable(Self.workerPath, arguments: [mode]))
+        /// How a test's Swift workers start (issue 13: the runtime cannot tell the difference).
+        enum Start: String, CaseIterable, Sendable {
+            /// The `swift-worker` executable, exec'd.
+            case exec
+            /// Built-ins of `swift-worker` (its mode is the built-in's name), forked by a fork server of it.
+            case forkServer
+        }
+
+        static let starts = Start.allCases
+
+        static func swiftWorker(_ name: String, _ mode: String, _ start: Start = .exec) -> BackgroundWorker {
+            let entryPoint: BackgroundWorker.EntryPoint = start == .exec ? .executable(Self.workerPath, arguments: [mode]) : .builtin(mode)
+            var worker = BackgroundWorker(name: name, entryPoint: entryPoint)
             worker.restartInterval = .never
             worker.reportsReadiness = true
             return worker
         }
 
+        /// The configuration for `start`: a fork server of `swift-worker` when forking.
+        static func configure(_ configuration: inout WorkerSupervisor.Configuration, _ start: Start) {
+            guard start == .forkServer else { return }
+            configuration.forkServer = true
+            configuration.builtinExecutable = Self.workerPath
+        }
+
+        /// A supervisor whose Swift workers start as `start` says; when forking, the fork server is ready before
+        /// `body` runs, and afterwards every worker `body` started was forked (none exec'd).
+        static func withRuntimeSupervisor(_ start: Start, _ body: (WorkerSupervisor) async throws -> Void) async throws {
+            try await withSupervisor(configure: { Self.configure(&$0, start) }) { supervisor in
+                if start == .forkServer { #expect(await supervisor.waitForForkServer()) }
+                try await body(supervisor)
+                if start == .forkServer {
+                    let counts = await supervisor.builtinStarts
+                    #expect(counts.forked > 0 && counts.execd == 0, "forked \(counts.forked), exec'd \(counts.execd)")
+                }
+            }
+        }
+
         /// Runs the example worker in `mode` under a supervisor and expects it to exit 0 (done, unregistered): the
         /// test modes exit with another code when what they check fails.
-        static func expectCompletes(_ name: String, _ mode: String) async throws {
-            try await withSupervisor { supervisor in
-                let handle = try await supervisor.register(Self.swiftWorker(name, mode))
+        static func expectCompletes(_ name: String, _ mode: String, _ start: Start) async throws {
+            try await Self.withRuntimeSupervisor(start) { supervisor in
+                let handle = try await supervisor.register(Self.swiftWorker(name, mode, start))
                 #expect(try await handle.waitForShutdown() == .stopped)
                 #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
             }
         }
 
-        @Test("returning exits 0 (unregistered); throwing exits 1 (restart policy applies)")
-        func exitCodes() async throws {
-            try await withSupervisor { supervisor in
-                let done = try await supervisor.register(Self.swiftWorker("returns", "return"))
+        @Test("returning exits 0 (unregistered); throwing exits 1 (restart policy applies)", arguments: Self.starts)
+        func exitCodes(start: Start) async throws {
+            try await Self.withRuntimeSupervisor(start) { supervisor in
+                let done = try await supervisor.register(Self.swiftWorker("returns", "return", start))
                 #expect(try await done.waitForShutdown() == .stopped)
                 #expect(await done.detail == .unregistered(.completed, lastExit: .exited(0)))
-                let failed = try await supervisor.register(Self.swiftWorker("throws", "throw"))
+                let failed = try await supervisor.register(Self.swiftWorker("throws", "throw", start))
                 #expect(try await failed.waitForShutdown() == .stopped)
                 #expect(await failed.detail == .unregistered(.noRestart, lastExit: .exited(1)))
             }
@@ -90,10 +121,10 @@ extension SupervisorTests {
             }
         }
 
-        @Test("terminate: SIGTERM cancels the body, the worker exits 1 and is not restarted")
-        func sigtermCancels() async throws {
-            try await withSupervisor { supervisor in
-                var worker = Self.swiftWorker("serving", "serve")
+        @Test("terminate: SIGTERM cancels the body, the worker exits 1 and is not restarted", arguments: Self.starts)
+        func sigtermCancels(start: Start) async throws {
+            try await Self.withRuntimeSupervisor(start) { supervisor in
+                var worker = Self.swiftWorker("serving", "serve", start)
                 worker.restartInterval = .seconds(0)
                 let handle = try await supervisor.register(worker)
                 _ = try await handle.waitForReady()
@@ -103,13 +134,17 @@ extension SupervisorTests {
             }
         }
 
-        @Test("SIGQUIT (immediate shutdown, crash reset) makes a Swift worker exit 2 at once")
-        func sigquitExitsAtOnce() async throws {
-            let supervisor = try WorkerSupervisor()
+        @Test("SIGQUIT (immediate shutdown, crash reset) makes a Swift worker exit 2 at once", arguments: Self.starts)
+        func sigquitExitsAtOnce(start: Start) async throws {
+            var configuration = WorkerSupervisor.Configuration()
+            Self.configure(&configuration, start)
+            let supervisor = try WorkerSupervisor(configuration: configuration)
             let log = await EventLog(supervisor)
-            let handle = try await supervisor.register(Self.swiftWorker("quitter", "serve"))
             let runner = Task { try await supervisor.run() }
+            #expect(await supervisor.waitForForkServer() == (start == .forkServer))
+            let handle = try await supervisor.register(Self.swiftWorker("quitter", "serve", start))
             let pid = try await handle.waitForReady()
+            #expect(await supervisor.isForked(handle) == (start == .forkServer))
             let start = ContinuousClock.now
             await supervisor.shutdown(.immediate)
             try await runner.value
@@ -117,10 +152,10 @@ extension SupervisorTests {
             #expect(ContinuousClock.now - start < .seconds(4))  // not the 5 s SIGKILL fallback
         }
 
-        @Test("SIGHUP arrives as a reload request")
-        func sighupReloads() async throws {
-            try await withSupervisor { supervisor in
-                let handle = try await supervisor.register(Self.swiftWorker("reloading", "exit-on-reload"))
+        @Test("SIGHUP arrives as a reload request", arguments: Self.starts)
+        func sighupReloads(start: Start) async throws {
+            try await Self.withRuntimeSupervisor(start) { supervisor in
+                let handle = try await supervisor.register(Self.swiftWorker("reloading", "exit-on-reload", start))
                 let pid = try await handle.waitForReady()  // ready: its watchers are installed
                 kill(pid, SIGHUP)
                 #expect(try await handle.waitForShutdown() == .stopped)
@@ -128,25 +163,26 @@ extension SupervisorTests {
             }
         }
 
-        @Test("a SIGHUP that came before the body first asked for reloads is not lost")
-        func earlySighupIsKept() async throws {
+        @Test("a SIGHUP that came before the body first asked for reloads is not lost", arguments: Self.starts)
+        func earlySighupIsKept(start: Start) async throws {
             // Exit 0: the body found the early request (3: it did not; 4: the SIGTERM was never seen).
-            try await Self.expectCompletes("early", "early-reload")
+            try await Self.expectCompletes("early", "early-reload", start)
         }
 
         @Test(
             "the body starts on the main thread, and a child task runs in parallel while the body is busy",
-            .timeLimit(.minutes(1))
+            .timeLimit(.minutes(1)),
+            arguments: Self.starts
         )
-        func bodyOnMainThreadChildrenInParallel() async throws {
+        func bodyOnMainThreadChildrenInParallel(start: Start) async throws {
             // Exit 0: both met (3: the body was not on the main thread; 4: the child never ran beside it).
-            try await Self.expectCompletes("parallel", "parallel")
+            try await Self.expectCompletes("parallel", "parallel", start)
         }
 
-        @Test("MainActor work in a worker runs on the main thread and does not hang", .timeLimit(.minutes(1)))
-        func mainActorRuns() async throws {
+        @Test("MainActor work in a worker runs on the main thread and does not hang", .timeLimit(.minutes(1)), arguments: Self.starts)
+        func mainActorRuns(start: Start) async throws {
             // Exit 0 (3 or 4: a MainActor job ran off the main thread).
-            try await Self.expectCompletes("main-actor", "main-actor")
+            try await Self.expectCompletes("main-actor", "main-actor", start)
         }
 
         @Test(
@@ -256,28 +292,28 @@ extension SupervisorTests {
             try await loop.shutdown()
         }
 
-        @Test("shared memory: flagged workers map the same segment, an unflagged one gets an error")
-        func sharedMemory() async throws {
-            try await withSupervisor { supervisor in
-                var writer = Self.swiftWorker("shm-writer", "shm-write")
+        @Test("shared memory: flagged workers map the same segment, an unflagged one gets an error", arguments: Self.starts)
+        func sharedMemory(start: Start) async throws {
+            try await Self.withRuntimeSupervisor(start) { supervisor in
+                var writer = Self.swiftWorker("shm-writer", "shm-write", start)
                 writer.flags = [.sharedMemoryAccess]
                 writer.mainArgument = 0xfeed_f00d
                 _ = try await supervisor.register(writer).waitForReady()
-                var reader = Self.swiftWorker("shm-reader", "shm-read")
+                var reader = Self.swiftWorker("shm-reader", "shm-read", start)
                 reader.flags = [.sharedMemoryAccess]
                 reader.mainArgument = 0xfeed_f00d
                 _ = try await supervisor.register(reader).waitForReady()  // it read the writer's value
-                _ = try await supervisor.register(Self.swiftWorker("shm-none", "shm-none")).waitForReady()
+                _ = try await supervisor.register(Self.swiftWorker("shm-none", "shm-none", start)).waitForReady()
             }
         }
 
-        @Test("SIGTERM while signals are blocked is held, then acted on at unblock")
-        func blockedSignalsAreHeld() async throws {
-            try await withSupervisor { supervisor in
+        @Test("SIGTERM while signals are blocked is held, then acted on at unblock", arguments: Self.starts)
+        func blockedSignalsAreHeld(start: Start) async throws {
+            try await Self.withRuntimeSupervisor(start) { supervisor in
                 // The worker sends itself SIGTERM inside withSignalsBlocked and waits until the runtime saw it:
                 // exit 3 if the body was cancelled while blocked, 4 if the runtime never saw it, 1 when held and
                 // acted on at unblock.
-                let handle = try await supervisor.register(Self.swiftWorker("blocker", "blocked"))
+                let handle = try await supervisor.register(Self.swiftWorker("blocker", "blocked", start))
                 #expect(try await handle.waitForShutdown() == .stopped)
                 #expect(await handle.detail == .unregistered(.noRestart, lastExit: .exited(1)))
             }

@@ -50,6 +50,8 @@ final class ForkServer: @unchecked Sendable {
     let logger: Logger
     private let environment: UVEnvironment
     private let strategy: UVSpawnStrategy
+    /// The binary the server runs.
+    let executable: String
     private(set) var state: State = .stopped
     private var socket: Int32 = -1
     private var process: UVChildProcess?
@@ -61,12 +63,14 @@ final class ForkServer: @unchecked Sendable {
     /// Called with children a dead server made but never reported (SIGKILLed already): reap them.
     private let onOrphans: ([(pid: Int32, pidfd: Int32)]) -> Void
     private var readyWaiters: [CheckedContinuation<State, Never>] = []
+    private var changeWaiters: [CheckedContinuation<State, Never>] = []
 
     init(
         loop: UVEventLoop,
         logger: Logger,
         environment: UVEnvironment,
         strategy: UVSpawnStrategy,
+        executable: String,
         onStateChange: @escaping (State) -> Void,
         onOrphans: @escaping ([(pid: Int32, pidfd: Int32)]) -> Void
     ) {
@@ -74,6 +78,7 @@ final class ForkServer: @unchecked Sendable {
         self.logger = logger
         self.environment = environment
         self.strategy = strategy
+        self.executable = executable
         self.onStateChange = onStateChange
         self.onOrphans = onOrphans
     }
@@ -101,7 +106,7 @@ final class ForkServer: @unchecked Sendable {
             return
         }
         var options = UVSpawnOptions(
-            executable: "/proc/self/exe",
+            executable: self.executable,
             arguments: [CWS_FORK_SERVER_MARKER, "3"],
             detached: true,
             descriptors: [1: 1, 2: 2, 3: pair[1]]
@@ -131,6 +136,11 @@ final class ForkServer: @unchecked Sendable {
             return await withCheckedContinuation { self.readyWaiters.append($0) }
         }
         return self.state
+    }
+
+    /// Waits for the next state change.
+    func waitForChange() async -> State {
+        await withCheckedContinuation { self.changeWaiters.append($0) }
     }
 
     /// Forks a worker with `options`' arguments, environment and descriptors (its executable is this binary).
@@ -192,6 +202,9 @@ final class ForkServer: @unchecked Sendable {
     private func set(_ state: State) {
         self.state = state
         self.onStateChange(state)
+        let changed = self.changeWaiters
+        self.changeWaiters.removeAll()
+        for waiter in changed { waiter.resume(returning: state) }
         if case .starting = state { return }
         let waiters = self.readyWaiters
         self.readyWaiters.removeAll()

@@ -56,6 +56,10 @@ extension WorkerSupervisor {
         /// are exec'd; so is every worker while the server is starting, after it failed, or when it cannot be
         /// used (the reason is logged). Default false.
         public var forkServer: Bool = false
+        /// The binary whose built-in workers ``BackgroundWorkerContract/BackgroundWorker/EntryPoint/builtin(_:)``
+        /// entries name (it calls `BuiltinWorkers.runIfRequested`, or is a `BackgroundWorkerMain`), and the fork
+        /// server's binary. `nil` (the default): this process's own executable.
+        public var builtinExecutable: String?
 
         /// The defaults.
         public init() {}

@@ -41,7 +41,10 @@ extension WorkerSupervisor {
             }
             return
         }
-        guard let executable = entry.executable else { return }  // built-in: this very binary
+        if entry.builtinName != nil, let binary = self.configuration.builtinExecutable, let problem = Self.executableProblem(binary) {
+            throw refuse("entryPoint.builtin", "'\(entry.builtinName!)'", "but Configuration.builtinExecutable '\(binary)', which runs built-ins, \(problem)")
+        }
+        guard let executable = entry.executable else { return }  // built-in: this very binary, or builtinExecutable
         if let directory = executable.workingDirectory {
             switch Self.fileKind(directory) {
             case nil:

@@ -177,6 +177,7 @@ extension WorkerSupervisor: Service {
             logger: self.logger,
             environment: self.baseEnvironment,
             strategy: self.configuration.spawnStrategy,
+            executable: self.configuration.builtinExecutable ?? "/proc/self/exe",
             onStateChange: { [unowned self] state in
                 self.assumeIsolated { supervisor in
                     if case .starting(let pid) = state { supervisor.guardian?.hold(pid) }
@@ -210,6 +211,15 @@ extension WorkerSupervisor: Service {
         guard let server = self.forkServer else { return false }
         if case .ready = await server.waitUntilSettled() { return true }
         return false
+    }
+
+    /// Waits until the fork server whose pid was `pid` was replaced (or given up); returns the state then.
+    func waitUntilForkServerReplaced(_ pid: Int32) async -> ForkServer.State? {
+        guard let server = self.forkServer else { return nil }
+        while server.pid == pid {
+            _ = await server.waitForChange()
+        }
+        return await server.waitUntilSettled()
     }
 
     /// The fork server's pid while it runs (starting or ready), or nil.

@@ -22,7 +22,7 @@ extension WorkerSupervisor {
             executable = (host, [path, library.function], [:], nil)
         } else if let name = entry.builtinName {
             // Re-execute this very binary; its main hands over to the built-in (BuiltinWorkers.runIfRequested).
-            executable = ("/proc/self/exe", [WorkerProcessContract.builtinMarker, name], [:], nil)
+            executable = (self.configuration.builtinExecutable ?? "/proc/self/exe", [WorkerProcessContract.builtinMarker, name], [:], nil)
         } else if let direct = entry.executable {
             executable = direct
         } else {
@@ -110,6 +110,9 @@ extension WorkerSupervisor {
         }
         resources.process = process
         resources.forked = forked != nil
+        if entry.builtinName != nil {
+            if forked != nil { self.builtinStarts.forked += 1 } else { self.builtinStarts.execd += 1 }
+        }
         self.guardian?.hold(process.pid)
         if let readiness {
             readiness.closeWriteEnd()

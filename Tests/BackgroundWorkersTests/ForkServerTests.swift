@@ -1,0 +1,170 @@
+@testable import BackgroundWorkers
+import CWorkerSupport
+import TestSupport
+import Testing
+import UVConcurrency
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension SupervisorTests {
+    @Suite("The fork server: built-in workers forked, not exec'd (issue 13)")
+    struct ForkServerTests {
+        typealias Start = RuntimeTests.Start
+
+        /// A supervisor whose built-ins are `swift-worker`'s modes, forked when `forking`.
+        static func withBuiltinSupervisor(forking: Bool, _ body: (WorkerSupervisor) async throws -> Void) async throws {
+            try await withSupervisor(configure: { configuration in
+                configuration.builtinExecutable = RuntimeTests.workerPath
+                configuration.forkServer = forking
+            }) { supervisor in
+                #expect(await supervisor.waitForForkServer() == forking)
+                try await body(supervisor)
+            }
+        }
+
+        /// What a worker's process was given (swift-worker's `process-state`), as it reports it.
+        static func processState(forking: Bool) async throws -> (state: String, supervisor: Int32) {
+            var state = ""
+            var supervisorPID: Int32 = 0
+            try await Self.withBuiltinSupervisor(forking: forking) { supervisor in
+                supervisorPID = getpid()
+                var worker = BackgroundWorker(name: "state", entryPoint: .builtin("process-state"))
+                worker.restartInterval = .never
+                let handle = try await supervisor.register(worker)
+                #expect(try await handle.waitForShutdown() == .stopped)
+                state = await handle.lastReportedError ?? ""
+                #expect(await supervisor.builtinStarts.forked == (forking ? 1 : 0))
+            }
+            return (state, supervisorPID)
+        }
+
+        @Test("a forked worker gets exactly what an exec'd one gets: descriptors, signals, session, parent, arguments, environment")
+        func sameProcessState() async throws {
+            let execd = try await Self.processState(forking: false)
+            let forked = try await Self.processState(forking: true)
+            #expect(forked.state == execd.state)
+            // And what that is: descriptors 0 to 4 of the contract (plus what the runtime opened itself), no
+            // signal ignored, its own session and group, the supervisor as parent.
+            #expect(execd.state.contains(" 3=pipe 4=pipe"), "\(execd.state)")
+            let ignored = execd.state.split(separator: ";").first { $0.contains("SigIgn:") }.flatMap { part in
+                part.split(separator: " ").last.flatMap { UInt64($0, radix: 16) }
+            }
+            #expect(ignored.map { $0 & 0x7fff_ffff } == 0, "a standard signal is ignored: \(execd.state)")  // 1...31
+            #expect(execd.state.contains("session-leader true group-leader true parent-is-supervisor true"), "\(execd.state)")
+            #expect(execd.state.contains("arguments state --bgworker-builtin process-state"), "\(execd.state)")
+            #expect(execd.state.contains("BGW_NAME") && !execd.state.contains("bgworker-fork-server"), "\(execd.state)")
+        }
+
+        @Test("the fork server has one thread, and is the supervisor's child; its workers are the supervisor's children, not its own")
+        func oneThreadAndParentage() async throws {
+            try await Self.withBuiltinSupervisor(forking: true) { supervisor in
+                let server = try #require(await supervisor.forkServerPID)
+                #expect(threads(of: server) == 1)
+                #expect(parent(of: server) == getpid())
+                var worker = BackgroundWorker(name: "forked", entryPoint: .builtin("serve"))
+                worker.reportsReadiness = true
+                let handles = try await (0..<4).asyncMap { index in
+                    var named = worker
+                    named.name = "forked-\(index)"
+                    return try await supervisor.register(named)
+                }
+                for handle in handles {
+                    let pid = try await handle.waitForReady()
+                    #expect(parent(of: pid) == getpid())
+                    #expect(await supervisor.isForked(handle))
+                }
+                // Forking did not start a thread in the server.
+                #expect(threads(of: server) == 1)
+                for handle in handles { await handle.terminate() }
+                for handle in handles { #expect(try await handle.waitForShutdown() == .stopped) }
+            }
+        }
+
+        @Test("the fork server killed: noticed at once and started again; no registration lost, the next ones forked again")
+        func serverKilled() async throws {
+            try await Self.withBuiltinSupervisor(forking: true) { supervisor in
+                let first = try #require(await supervisor.forkServerPID)
+                var worker = BackgroundWorker(name: "before", entryPoint: .builtin("serve"))
+                worker.reportsReadiness = true
+                let before = try await supervisor.register(worker)
+                let beforePID = try await before.waitForReady()
+                kill(first, SIGKILL)
+                // Registrations right after the kill: each starts, forked or exec'd, none lost.
+                var during: [BackgroundWorkerHandle] = []
+                for index in 0..<3 {
+                    var named = worker
+                    named.name = "during-\(index)"
+                    during.append(try await supervisor.register(named))
+                }
+                for handle in during { _ = try await handle.waitForReady() }
+                #expect(await supervisor.waitForForkServer())
+                let second = try #require(await supervisor.forkServerPID)
+                #expect(second != first)
+                #expect(threads(of: second) == 1)
+                worker.name = "after"
+                let after = try await supervisor.register(worker)
+                _ = try await after.waitForReady()
+                #expect(await supervisor.isForked(after))
+                // The worker forked by the dead server is untouched: still the supervisor's, still running.
+                #expect(await before.status == .started(pid: beforePID))
+                #expect(parent(of: beforePID) == getpid())
+                for handle in [before, after] + during { await handle.terminate() }
+                for handle in [before, after] + during { _ = try await handle.waitForShutdown() }
+            }
+        }
+
+        @Test("a fork server that keeps dying is given up after five restarts a minute; built-ins are then exec'd")
+        func serverGivenUp() async throws {
+            try await Self.withBuiltinSupervisor(forking: true) { supervisor in
+                for _ in 0...ForkServer.maxRestartsPerMinute {
+                    guard let pid = await supervisor.forkServerPID else { break }
+                    kill(pid, SIGKILL)
+                    _ = await supervisor.waitUntilForkServerReplaced(pid)
+                }
+                #expect(await supervisor.waitForForkServer() == false)
+                #expect(await supervisor.forkServerPID == nil)
+                var worker = BackgroundWorker(name: "execd", entryPoint: .builtin("serve"))
+                worker.reportsReadiness = true
+                let handle = try await supervisor.register(worker)
+                _ = try await handle.waitForReady()
+                #expect(await supervisor.isForked(handle) == false)
+                await handle.terminate()
+                _ = try await handle.waitForShutdown()
+            }
+        }
+    }
+}
+
+/// The number of threads of process `pid` (/proc/PID/task).
+func threads(of pid: Int32) -> Int {
+    guard let folder = opendir("/proc/\(pid)/task") else { return 0 }
+    defer { closedir(folder) }
+    var count = 0
+    while let entry = readdir(folder) {
+        if withUnsafeBytes(of: entry.pointee.d_name, { $0.first }) != UInt8(ascii: ".") { count += 1 }
+    }
+    return count
+}
+
+/// The parent pid of process `pid` (/proc/PID/stat), or 0.
+func parent(of pid: Int32) -> Int32 {
+    guard let file = fopen("/proc/\(pid)/stat", "re") else { return 0 }
+    defer { fclose(file) }
+    var buffer = [CChar](repeating: 0, count: 1024)
+    guard fgets(&buffer, 1024, file) != nil else { return 0 }
+    let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    // pid (comm) state ppid ...: the name may hold spaces and parentheses, so count from the last ')'.
+    guard let close = text.lastIndex(of: ")") else { return 0 }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    return fields.count > 1 ? Int32(fields[1]) ?? 0 : 0
+}
+
+extension Sequence {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
+}
