@@ -102,6 +102,20 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),
+        // The fork server (issue 13): a built-in Swift worker forked, against exec'd, against /bin/true.
+        .executableTarget(
+            name: "ForkServer",
+            dependencies: [
+                "BenchmarkSupport",
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "BackgroundWorkers", package: "swift-background-workers"),
+                .product(name: "Logging", package: "swift-log"),
+                "BenchSwiftWorker",
+            ],
+            path: "Benchmarks/ForkServer",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
         // The control socket: a client in another process than the supervisor (bgworkerd), against in process.
         .executableTarget(
             name: "Control",
