@@ -6,8 +6,9 @@
 // - The server has exactly one thread. It runs only this file's C code, entered from an ELF constructor, so no
 //   Swift concurrency, Dispatch or other thread has been started. A fork of a process with more threads copies
 //   only the calling one, and a lock another thread held (malloc's, the Swift runtime's, Dispatch's) stays held
-//   forever in the child. The server counts its threads (/proc/self/task) before every fork and refuses to fork
-//   with more than one: a library constructor that starts a thread, or a preload that does, is caught there.
+//   forever in the child. The server counts its threads (/proc/self/task) when it starts, after every shared
+//   library's constructor has run, and refuses to serve with more than one: a library constructor or a preload
+//   that starts a thread is caught there. After that it runs only the loop below, which starts none.
 // - The worker is created with `clone(CLONE_PARENT)`: its parent is the supervisor, not the server, so the
 //   supervisor reaps it by pid through a pidfd (CLONE_PIDFD, passed back with SCM_RIGHTS) like any child, and
 //   every rule of the supervisor applies unchanged. glibc has no fork with CLONE_PARENT, so the raw system call
@@ -259,8 +260,6 @@ static int serve(int sock) {
         for (int i = 0; i < fd_count; i++) {
             if (request->child_fds[i] < 0 || request->child_fds[i] > 1023) validity = EINVAL;
         }
-        threads = count_threads();
-        if (threads != 1) validity = EDEADLK;
         if (validity != 0) {
             close_all(fds, fd_count);
             send_reply(sock, id, -1, validity, -1, threads);

@@ -115,6 +115,37 @@ extension SupervisorTests {
             }
         }
 
+        @Test("the fork server's memory and descriptors stay flat over many forks; no zombie, nothing exec'd")
+        func flatOverForks() async throws {
+            // 500 in the suite; FORK_CYCLES=10000 for RELIABILITY.md's figure.
+            let cycles = getenv("FORK_CYCLES").flatMap { Int(String(cString: $0)) } ?? 500
+            try await Self.withBuiltinSupervisor(forking: true) { supervisor in
+                let server = try #require(await supervisor.forkServerPID)
+                var worker = BackgroundWorker(name: "cycle", entryPoint: .builtin("return"))
+                worker.restartInterval = .never
+                // A first fork: what the server allocates once (its request buffer) is there from now on.
+                _ = try await supervisor.register(worker).waitForShutdown()
+                let first = (resident: residentKiB(of: server), descriptors: descriptors(of: server))
+                var pids: [Int32] = []
+                for index in 0..<cycles {
+                    let handle = try await supervisor.register(worker)
+                    if let pid = try? await handle.waitForStartup() { pids.append(pid) }
+                    _ = try await handle.waitForShutdown()
+                    #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
+                    if (index + 1) % max(1, cycles / 10) == 0 {
+                        print("fork cycles \(index + 1): server resident \(residentKiB(of: server)) KiB, \(descriptors(of: server)) descriptors")
+                    }
+                }
+                let last = (resident: residentKiB(of: server), descriptors: descriptors(of: server))
+                #expect(await supervisor.forkServerPID == server)  // the same server all along
+                #expect(last.descriptors == first.descriptors)
+                #expect(last.resident - first.resident < 512, "server resident \(first.resident) → \(last.resident) KiB")
+                #expect(zombieChildren(among: pids).isEmpty)
+                let counts = await supervisor.builtinStarts
+                #expect(counts.forked == cycles + 1 && counts.execd == 0)
+            }
+        }
+
         @Test("a fork server that keeps dying is given up after five restarts a minute; built-ins are then exec'd")
         func serverGivenUp() async throws {
             try await Self.withBuiltinSupervisor(forking: true) { supervisor in
@@ -140,6 +171,28 @@ extension SupervisorTests {
 /// The number of threads of process `pid` (/proc/PID/task).
 func threads(of pid: Int32) -> Int {
     guard let folder = opendir("/proc/\(pid)/task") else { return 0 }
+    defer { closedir(folder) }
+    var count = 0
+    while let entry = readdir(folder) {
+        if withUnsafeBytes(of: entry.pointee.d_name, { $0.first }) != UInt8(ascii: ".") { count += 1 }
+    }
+    return count
+}
+
+/// Process `pid`'s resident memory in KiB (/proc/PID/statm), or -1.
+func residentKiB(of pid: Int32) -> Int {
+    guard let file = fopen("/proc/\(pid)/statm", "re") else { return -1 }
+    defer { fclose(file) }
+    var buffer = [CChar](repeating: 0, count: 128)
+    guard fgets(&buffer, 128, file) != nil else { return -1 }
+    let fields = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ")
+    guard fields.count >= 2, let pages = Int(fields[1]) else { return -1 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
+}
+
+/// How many descriptors process `pid` has open (/proc/PID/fd), or -1.
+func descriptors(of pid: Int32) -> Int {
+    guard let folder = opendir("/proc/\(pid)/fd") else { return -1 }
     defer { closedir(folder) }
     var count = 0
     while let entry = readdir(folder) {

@@ -149,26 +149,17 @@ final class ForkServer: @unchecked Sendable {
         guard case .ready = self.state else { return .failure(ForkServerRefusal("the fork server is \(self.state)")) }
         let id = self.nextRequest
         self.nextRequest += 1
-        var strings: [UnsafeMutablePointer<CChar>?] = []
-        defer { for string in strings { free(string) } }
-        var argv: [UnsafeMutablePointer<CChar>?] = [strdup(options.argumentZero ?? options.executable)]
-        for argument in options.arguments { argv.append(strdup(argument)) }
-        strings += argv
-        argv.append(nil)
-        var variables = options.baseEnvironment?.variables ?? [:]
-        for (key, value) in options.environment ?? [:] { variables[key] = value }
-        var envp: [UnsafeMutablePointer<CChar>?] = variables.map { strdup("\($0.key)=\($0.value)") }
-        strings += envp
-        envp.append(nil)
         let children = options.descriptors.keys.sorted()
         let parents = children.map { options.descriptors[$0]! }
         var pid: pid_t = -1
         var pidfd: Int32 = -1
         var threads: Int32 = 0
-        let status = cws_fork_server_fork(
-            self.socket, id, argv, envp, options.detached ? 1 : 0, children, parents, Int32(children.count),
-            Self.requestTimeoutMilliseconds, &pid, &pidfd, &threads
-        )
+        let status = options.withArgumentsAndEnvironment { argv, envp in
+            cws_fork_server_fork(
+                self.socket, id, argv, envp ?? environ, options.detached ? 1 : 0, children, parents, Int32(children.count),
+                Self.requestTimeoutMilliseconds, &pid, &pidfd, &threads
+            )
+        }
         guard status == 0 else {
             let reason = String(cString: strerror(status))
             switch status {

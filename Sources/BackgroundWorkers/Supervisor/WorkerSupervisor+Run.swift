@@ -190,6 +190,14 @@ extension WorkerSupervisor: Service {
         )
         self.forkServer = server
         server.start()
+        self.resumeForkServerWaiters()
+    }
+
+    /// Wakes the tasks that waited for the fork server before it was started.
+    func resumeForkServerWaiters() {
+        let waiters = self.forkServerWaiters
+        self.forkServerWaiters.removeAll()
+        for waiter in waiters { waiter.resume() }
     }
 
     /// Workers a failed fork server made but never reported: already sent SIGKILL, reaped here.
@@ -208,6 +216,10 @@ extension WorkerSupervisor: Service {
     /// forked from now on, false when they are exec'd (no fork server configured, the supervisor has not run or
     /// has stopped, or the server cannot be used: the log says why).
     public func waitForForkServer() async -> Bool {
+        if self.forkServer == nil, self.configuration.forkServer, self.machine.mode == .idle {
+            // Not started yet: run() starts it (or the supervisor stops without running).
+            await withCheckedContinuation { self.forkServerWaiters.append($0) }
+        }
         guard let server = self.forkServer else { return false }
         if case .ready = await server.waitUntilSettled() { return true }
         return false
@@ -247,6 +259,7 @@ extension WorkerSupervisor: Service {
         self.guardian?.close()
         self.guardian = nil
         self.forkServer?.stop()
+        self.resumeForkServerWaiters()
         self.alivePipe.close()
         self.sharedMemory?.close()
         self.sharedMemory = nil

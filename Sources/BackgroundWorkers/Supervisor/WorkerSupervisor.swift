@@ -67,6 +67,8 @@ public actor WorkerSupervisor {
     var controlServer: ControlServer?
     /// Forks built-in workers when ``Configuration/forkServer`` is set; started by `begin()`.
     var forkServer: ForkServer?
+    /// Tasks in `waitForForkServer()` before `run()` started the fork server.
+    var forkServerWaiters: [CheckedContinuation<Void, Never>] = []
     /// How many built-in workers' processes were forked, and how many exec'd.
     var builtinStarts = (forked: 0, execd: 0)
 

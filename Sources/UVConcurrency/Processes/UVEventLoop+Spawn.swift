@@ -181,32 +181,24 @@ extension UVEventLoop {
         forLibuv: Bool,
         _ body: (inout uv_process_options_t) -> Int32
     ) -> Int32 {
+        options.withArgumentsAndEnvironment { argv, envp in
+            Self.withCOptions(options, argv: argv, envp: envp, forLibuv: forLibuv, body)
+        }
+    }
+
+    private static func withCOptions(
+        _ options: UVSpawnOptions,
+        argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>,
+        envp: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?,
+        forLibuv: Bool,
+        _ body: (inout uv_process_options_t) -> Int32
+    ) -> Int32 {
         var strings: [UnsafeMutablePointer<CChar>?] = []
         defer { for string in strings { free(string) } }
         func cString(_ string: String) -> UnsafeMutablePointer<CChar> {
             let copy = strdup(string)!
             strings.append(copy)
             return copy
-        }
-
-        var argv: [UnsafeMutablePointer<CChar>?] = [cString(options.argumentZero ?? options.executable)]
-        for argument in options.arguments { argv.append(cString(argument)) }
-        argv.append(nil)
-
-        var envp: [UnsafeMutablePointer<CChar>?]? = nil
-        if options.environment != nil || options.baseEnvironment != nil {
-            let environment = options.environment ?? [:]
-            var list: [UnsafeMutablePointer<CChar>?] = []
-            list.reserveCapacity(environment.count + (options.baseEnvironment?.entries.count ?? 0) + 1)
-            for (key, value) in environment { list.append(cString("\(key)=\(value)")) }
-            if let base = options.baseEnvironment {
-                // Already checked and copied once: only the ones the options do not replace.
-                for (key, entry) in zip(base.keys, base.entries) where environment[key] == nil {
-                    list.append(entry)
-                }
-            }
-            list.append(nil)
-            envp = list
         }
 
         // libuv takes the child's descriptors as an array indexed by child descriptor number (posix_spawn gets
@@ -228,29 +220,66 @@ extension UVEventLoop {
         if options.userID != nil { flags |= UV_PROCESS_SETUID.rawValue }
         if options.groupID != nil { flags |= UV_PROCESS_SETGID.rawValue }
 
-        return argv.withUnsafeMutableBufferPointer { argvBuffer in
-            stdio.withUnsafeMutableBufferPointer { stdioBuffer in
-                func run(_ env: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-                    var cOptions = uv_process_options_t()
-                    cOptions.exit_cb = { handle, status, signal in
-                        guard let data = handle!.pointee.data else { return }
-                        Unmanaged<UVChildProcess>.fromOpaque(data).takeUnretainedValue()
-                            .exited(status: status, signal: signal)
-                    }
-                    cOptions.file = UnsafePointer(file)
-                    cOptions.args = argvBuffer.baseAddress
-                    cOptions.env = env
-                    cOptions.cwd = cwd.map { UnsafePointer($0) }
-                    cOptions.flags = flags
-                    cOptions.stdio_count = Int32(stdioCount)
-                    cOptions.stdio = stdioBuffer.baseAddress
-                    cOptions.uid = options.userID ?? 0
-                    cOptions.gid = options.groupID ?? 0
-                    return body(&cOptions)
-                }
-                guard envp != nil else { return run(nil) }
-                return envp!.withUnsafeMutableBufferPointer { run($0.baseAddress) }
+        return stdio.withUnsafeMutableBufferPointer { stdioBuffer in
+            var cOptions = uv_process_options_t()
+            cOptions.exit_cb = { handle, status, signal in
+                guard let data = handle!.pointee.data else { return }
+                Unmanaged<UVChildProcess>.fromOpaque(data).takeUnretainedValue()
+                    .exited(status: status, signal: signal)
             }
+            cOptions.file = UnsafePointer(file)
+            cOptions.args = argv
+            cOptions.env = envp
+            cOptions.cwd = cwd.map { UnsafePointer($0) }
+            cOptions.flags = flags
+            cOptions.stdio_count = Int32(stdioCount)
+            cOptions.stdio = stdioBuffer.baseAddress
+            cOptions.uid = options.userID ?? 0
+            cOptions.gid = options.groupID ?? 0
+            return body(&cOptions)
         }
     }
 }
+
+extension UVSpawnOptions {
+    /// The child's argument vector (`argumentZero` or the executable, then the arguments) and environment
+    /// (``environment`` over ``baseEnvironment``; nil: this process's own) as NULL-terminated C arrays, valid
+    /// during `body`: for starting the child by other means than ``UVEventLoop/spawn(_:onExit:)``, such as a
+    /// fork server.
+    public func withArgumentsAndEnvironment<Result>(
+        _ body: (UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Result
+    ) -> Result {
+        var strings: [UnsafeMutablePointer<CChar>?] = []
+        defer { for string in strings { free(string) } }
+        func cString(_ string: String) -> UnsafeMutablePointer<CChar> {
+            let copy = strdup(string)!
+            strings.append(copy)
+            return copy
+        }
+
+        var argv: [UnsafeMutablePointer<CChar>?] = [cString(self.argumentZero ?? self.executable)]
+        for argument in self.arguments { argv.append(cString(argument)) }
+        argv.append(nil)
+
+        var envp: [UnsafeMutablePointer<CChar>?]? = nil
+        if self.environment != nil || self.baseEnvironment != nil {
+            let environment = self.environment ?? [:]
+            var list: [UnsafeMutablePointer<CChar>?] = []
+            list.reserveCapacity(environment.count + (self.baseEnvironment?.entries.count ?? 0) + 1)
+            for (key, value) in environment { list.append(cString("\(key)=\(value)")) }
+            if let base = self.baseEnvironment {
+                // Already checked and copied once: only the ones the options do not replace.
+                for (key, entry) in zip(base.keys, base.entries) where environment[key] == nil {
+                    list.append(entry)
+                }
+            }
+            list.append(nil)
+            envp = list
+        }
+        return argv.withUnsafeMutableBufferPointer { argvBuffer in
+            guard envp != nil else { return body(argvBuffer.baseAddress!, nil) }
+            return envp!.withUnsafeMutableBufferPointer { body(argvBuffer.baseAddress!, $0.baseAddress) }
+        }
+    }
+}
+
