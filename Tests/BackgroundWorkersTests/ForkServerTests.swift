@@ -146,6 +146,28 @@ extension SupervisorTests {
             }
         }
 
+        @Test("a binary that is no fork server: given up at once with the reason, built-ins exec'd, nothing lost")
+        func notAForkServer() async throws {
+            try await withSupervisor(configure: { configuration in
+                configuration.builtinExecutable = "/bin/true"
+                configuration.forkServer = true
+            }) { supervisor in
+                #expect(await supervisor.waitForForkServer() == false)
+                let state = await supervisor.forkServer?.state
+                guard case .disabled(let reason)? = state else {
+                    Issue.record("the fork server is \(String(describing: state))")
+                    return
+                }
+                #expect(reason.contains("'/bin/true' ended (exited with code 0) before it said hello"), "\(reason)")
+                // A built-in of /bin/true: exec'd, runs its own main (exits 0 without handing over).
+                var worker = BackgroundWorker(name: "not-handed-over", entryPoint: .builtin("anything"))
+                worker.restartInterval = .seconds(1)
+                let handle = try await supervisor.register(worker)
+                #expect(try await handle.waitForShutdown() == .stopped)
+                #expect(await supervisor.builtinStarts == (forked: 0, execd: 1))
+            }
+        }
+
         @Test("a fork server that keeps dying is given up after five restarts a minute; built-ins are then exec'd")
         func serverGivenUp() async throws {
             try await Self.withBuiltinSupervisor(forking: true) { supervisor in

@@ -40,7 +40,6 @@ let benchmarks: @Sendable () -> Void = {
         let forking = try supervisor(forking: true)
         let execing = try supervisor(forking: false)
         let runs = [forking, execing].map { supervisor in Task { try await supervisor.run() } }
-        for _ in 0..<100_000 where await forking.forkServerPID == nil { await Task.yield() }  // run() starts it
         guard await forking.waitForForkServer() else { fatalError("the fork server did not start") }
 
         var serving = BackgroundWorker(name: "serving", entryPoint: .builtin("serve"))

@@ -56,7 +56,13 @@ final class ForkServer: @unchecked Sendable {
     private var socket: Int32 = -1
     private var process: UVChildProcess?
     private var helloWatcher: UVReadableWatcher?
+    /// Gives up on a server that neither says hello nor exits within ``helloTimeout``.
+    private var helloDeadline: UVTimer?
+    /// How long a new server may take to say hello (it is exec'd: a few milliseconds).
+    static let helloTimeout: Duration = .seconds(5)
     private var nextRequest: UInt64 = 1
+    /// Whether the current server said hello (one that ends before it is no fork server at all).
+    private var greeted = false
     private var starts: [ContinuousClock.Instant] = []
     /// Called with the server's pid when it starts (the guardian holds its group) and on every state change.
     private let onStateChange: (State) -> Void
@@ -124,9 +130,14 @@ final class ForkServer: @unchecked Sendable {
             return
         }
         _ = cws_close(pair[1])
+        self.greeted = false
         self.socket = pair[0]
         self.process = process
         self.watchHello()
+        self.helloDeadline = try? self.loop.scheduleTimer(after: Self.helloTimeout) { [weak self] in
+            guard let self, case .starting = self.state else { return }
+            self.disable("'\(self.executable)' did not say hello within \(Self.helloTimeout): it is not a fork server (it does not link BackgroundWorkerRuntime)")
+        }
         self.set(.starting(pid: process.pid))
     }
 
@@ -234,6 +245,9 @@ final class ForkServer: @unchecked Sendable {
         switch self.state {
         case .stopped, .disabled:
             return
+        case .starting where !self.greeted:
+            // It never said hello: a binary that is no fork server would exit again on every restart.
+            self.disable("'\(self.executable)' ended (\(status)) before it said hello: it is not a fork server (it does not link BackgroundWorkerRuntime)")
         case .starting, .ready:
             self.logger.warning("the fork server exited (\(status)); starting it again")
             self.start()
@@ -251,6 +265,8 @@ final class ForkServer: @unchecked Sendable {
 
     private func helloReadable() {
         self.stopPoll()
+        self.helloDeadline?.cancel()
+        self.helloDeadline = nil
         var pid: pid_t = 0
         var threads: Int32 = 0
         var error: Int32 = 0
@@ -260,6 +276,7 @@ final class ForkServer: @unchecked Sendable {
             self.logger.warning("the fork server did not say hello (\(String(cString: strerror(status))))")
             return
         }
+        self.greeted = true
         switch error {
         case 0:
             self.set(.ready(pid: pid))
@@ -272,6 +289,8 @@ final class ForkServer: @unchecked Sendable {
 
     private func closeSocket() {
         self.stopPoll()
+        self.helloDeadline?.cancel()
+        self.helloDeadline = nil
         if self.socket >= 0 { _ = cws_close(self.socket) }
         self.socket = -1
     }
