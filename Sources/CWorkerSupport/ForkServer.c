@@ -28,6 +28,7 @@
 #include "CWorkerSupport.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -65,8 +66,9 @@ struct cws_fork_request {
     uint32_t envc;
     uint32_t fd_count;
     uint32_t new_session;
+    uint32_t has_preload;  // 1: a library path follows the environment, to load in the server before forking
     int32_t child_fds[CWS_FORK_SERVER_MAX_FDS];
-    uint32_t strings_length;  // argv then environment, each NUL-terminated
+    uint32_t strings_length;  // argv, the environment, then the library to preload, each NUL-terminated
 };
 
 struct cws_fork_reply {
@@ -251,7 +253,9 @@ static int serve(int sock) {
         if ((size_t)received < sizeof *request || request->magic != CWS_FORK_MAGIC || request->version != CWS_FORK_VERSION ||
             (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || request->fd_count != (uint32_t)fd_count ||
             request->argc == 0 || request->strings_length != (uint32_t)(received - (ssize_t)sizeof *request) ||
-            !strings_are_complete(buffer + sizeof *request, request->strings_length, request->argc + request->envc)) {
+            request->has_preload > 1 ||
+            !strings_are_complete(buffer + sizeof *request, request->strings_length,
+                                  request->argc + request->envc + request->has_preload)) {
             close_all(fds, fd_count);
             send_reply(sock, id, -1, EPROTO, -1, threads);
             continue;
@@ -264,6 +268,22 @@ static int serve(int sock) {
             close_all(fds, fd_count);
             send_reply(sock, id, -1, validity, -1, threads);
             continue;
+        }
+        if (request->has_preload) {
+            // A library worker's library, loaded here once so that each worker finds it loaded. Its constructors
+            // run in this process: one that starts a thread makes forking unsafe from now on, so the server
+            // says so and ends (the supervisor then execs). A library that cannot be loaded is left to the
+            // worker, which reports why as an exec'd one does.
+            const char *cursor = buffer + sizeof *request;
+            for (uint32_t i = 0; i < request->argc + request->envc; i++) cursor += strlen(cursor) + 1;
+            if (dlopen(cursor, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD) == NULL && dlopen(cursor, RTLD_NOW | RTLD_LOCAL) != NULL) {
+                threads = count_threads();
+                if (threads != 1) {
+                    close_all(fds, fd_count);
+                    send_reply(sock, id, -1, EDEADLK, -1, threads);
+                    _exit(4);
+                }
+            }
         }
 
         int pidfd = -1;
@@ -298,6 +318,10 @@ __attribute__((constructor)) static void cws_fork_server_entry(int argc, char **
     char *end = NULL;
     long sock = strtol(argv[2], &end, 10);
     if (end == argv[2] || *end != 0 || sock < 0 || sock > 1023) _exit(2);
+    // Every copy of this library in the process has this constructor: one in the executable, and one in each
+    // shared library that links it (a library worker's, loaded by the server). glibc hands each the same argv
+    // array: taking the marker out of it makes this the only server, and a worker never becomes one.
+    argv[1] = (char *)"--bgworker-fork-server-started";
     serve((int)sock);
 }
 
@@ -370,9 +394,9 @@ int cws_fork_server_hello(int sock, int timeout_ms, pid_t *pid_out, int *threads
     return 0;
 }
 
-int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const envp[], int new_session,
-                         const int *child_fds, const int *parent_fds, int fd_count, int timeout_ms, pid_t *pid_out,
-                         int *pidfd_out, int *threads_out) {
+int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const envp[], const char *preload,
+                         int new_session, const int *child_fds, const int *parent_fds, int fd_count, int timeout_ms,
+                         pid_t *pid_out, int *pidfd_out, int *threads_out) {
     *pid_out = -1;
     *pidfd_out = -1;
     if (fd_count < 0 || fd_count > CWS_FORK_SERVER_MAX_FDS || argv == NULL || argv[0] == NULL) return EINVAL;
@@ -393,6 +417,10 @@ int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const 
             request.envc++;
         }
     }
+    if (preload != NULL) {
+        length += strlen(preload) + 1;
+        request.has_preload = 1;
+    }
     if (length + sizeof request > CWS_FORK_MAX_MESSAGE) return E2BIG;
     request.strings_length = (uint32_t)length;
     for (int i = 0; i < fd_count; i++) request.child_fds[i] = child_fds[i];
@@ -412,6 +440,7 @@ int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const 
             cursor += n;
         }
     }
+    if (preload != NULL) memcpy(cursor, preload, strlen(preload) + 1);
     union {
         char buffer[CMSG_SPACE(sizeof(int) * CWS_FORK_SERVER_MAX_FDS)];
         struct cmsghdr align;

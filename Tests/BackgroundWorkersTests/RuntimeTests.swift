@@ -319,11 +319,11 @@ extension SupervisorTests {
             }
         }
 
-        @Test("a library entry point: bgworker-host loads it, calls the function with the main argument; SIGTERM exits 1")
-        func libraryEntryPoint() async throws {
+        @Test("a library entry point: bgworker-host loads it, calls the function with the main argument; SIGTERM exits 1", arguments: Self.starts)
+        func libraryEntryPoint(start: Start) async throws {
             // The supervisor looks up library names and bgworker-host beside its own executable: this test
-            // binary, built beside both.
-            try await withSupervisor { supervisor in
+            // binary, built beside both. Forked: by a fork server of bgworker-host, which loaded the library.
+            try await Self.withRuntimeSupervisor(start) { supervisor in
                 var worker = BackgroundWorker(name: "library", entryPoint: .library("libExampleLibraryWorker.so", function: "library_worker_main"))
                 worker.mainArgument = 77
                 worker.extra = Array("lib".utf8)
@@ -331,6 +331,7 @@ extension SupervisorTests {
                 worker.restartInterval = .never
                 let handle = try await supervisor.register(worker)
                 _ = try await handle.waitForReady()  // the function saw BackgroundWorker.current, argument and extra
+                #expect(await supervisor.isForked(handle) == (start == .forkServer))
                 await handle.terminate()
                 #expect(try await handle.waitForShutdown() == .stopped)
                 #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))
@@ -365,14 +366,22 @@ extension SupervisorTests {
             }
         }
 
-        @Test("a built-in entry point: the supervisor re-executes its own binary, which runs the named closure")
-        func builtinEntryPoint() async throws {
+        @Test("a built-in entry point: the supervisor re-executes (or its fork server forks) its own binary, which runs the named closure", arguments: Self.starts)
+        func builtinEntryPoint(start: Start) async throws {
             let directory = Self.workerPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
             let loop = try UVEventLoop(name: "builtin-parent")
             let output = try UVPipePair()
-            var options = UVSpawnOptions(executable: directory + "/FixtureSupervisor", arguments: ["builtin"], environment: ["PATH": "/usr/bin:/bin"])
+            var environment = ["PATH": "/usr/bin:/bin"]
+            if start == .forkServer { environment["FIXTURE_FORK_SERVER"] = "1" }
+            var options = UVSpawnOptions(executable: directory + "/FixtureSupervisor", arguments: ["builtin"], environment: environment)
             options.descriptors = [0: 0, 1: output.writeEnd, 2: 2]
-            let lines = try await readAllLines(loop, output, options)
+            var lines = try await readAllLines(loop, output, options)
+            if start == .forkServer {
+                // The fixture's async main hands over to BuiltinWorkers.runIfRequested: forked, it does the same.
+                #expect(lines.first?.hasPrefix("fork server ready true pid ") == true, "\(lines)")
+                #expect(lines.count > 2 && lines[2] == "forked true", "\(lines)")
+                lines = lines.enumerated().filter { $0.offset != 0 && $0.offset != 2 }.map(\.element)
+            }
             #expect(lines.count == 3)
             #expect(lines.first?.hasPrefix("builtin ready ") == true)
             #expect(lines.dropFirst().first == "unregistered: terminated (exited with code 1)")

@@ -156,7 +156,11 @@ final class ForkServer: @unchecked Sendable {
 
     /// Forks a worker with `options`' arguments, environment and descriptors (its executable is this binary).
     /// Returns the child, watched on the loop, or nil with the reason when exec must be used instead.
-    func fork(_ options: UVSpawnOptions, onExit: @escaping (UVExitStatus) -> Void) -> Result<UVChildProcess, ForkServerRefusal> {
+    func fork(
+        _ options: UVSpawnOptions,
+        preloading library: String? = nil,
+        onExit: @escaping (UVExitStatus) -> Void
+    ) -> Result<UVChildProcess, ForkServerRefusal> {
         guard case .ready = self.state else { return .failure(ForkServerRefusal("the fork server is \(self.state)")) }
         let id = self.nextRequest
         self.nextRequest += 1
@@ -167,15 +171,15 @@ final class ForkServer: @unchecked Sendable {
         var threads: Int32 = 0
         let status = options.withArgumentsAndEnvironment { argv, envp in
             cws_fork_server_fork(
-                self.socket, id, argv, envp ?? environ, options.detached ? 1 : 0, children, parents, Int32(children.count),
-                Self.requestTimeoutMilliseconds, &pid, &pidfd, &threads
+                self.socket, id, argv, envp ?? environ, library, options.detached ? 1 : 0, children, parents,
+                Int32(children.count), Self.requestTimeoutMilliseconds, &pid, &pidfd, &threads
             )
         }
         guard status == 0 else {
             let reason = String(cString: strerror(status))
             switch status {
             case EDEADLK:
-                self.disable("it has \(threads) threads; forking is safe only with one")
+                self.disable("it has \(threads) threads (\(library.map { "loading '\($0)' started one" } ?? "at start")); forking is safe only with one")
             case ETIMEDOUT, EPIPE, EPROTO:
                 if pid > 0 { self.onOrphans([(pid, -1)]) }
                 self.logger.warning("the fork server failed a request (\(reason)); restarting it", metadata: ["forkServer.pid": "\(self.pid ?? 0)"])

@@ -170,26 +170,38 @@ extension WorkerSupervisor: Service {
         }
     }
 
-    /// Starts the fork server; its state changes are logged, and its process group is held by the guardian.
+    /// Starts the fork servers: one of the built-ins' binary, and one of `bgworker-host` for library workers when
+    /// it is there. Their process groups are held by the guardian.
     func startForkServer() {
-        let server = ForkServer(
-            loop: self.loop,
-            logger: self.logger,
-            environment: self.baseEnvironment,
-            strategy: self.configuration.spawnStrategy,
-            executable: self.configuration.builtinExecutable ?? "/proc/self/exe",
-            onStateChange: { [unowned self] state in
-                self.assumeIsolated { supervisor in
-                    if case .starting(let pid) = state { supervisor.guardian?.hold(pid) }
-                    if case .ready(let pid) = state { supervisor.logger.debug("fork server ready", metadata: ["forkServer.pid": "\(pid)"]) }
+        func server(_ executable: String) -> ForkServer {
+            ForkServer(
+                loop: self.loop,
+                logger: self.logger,
+                environment: self.baseEnvironment,
+                strategy: self.configuration.spawnStrategy,
+                executable: executable,
+                onStateChange: { [unowned self] state in
+                    self.assumeIsolated { supervisor in
+                        if case .starting(let pid) = state { supervisor.guardian?.hold(pid) }
+                        if case .ready(let pid) = state {
+                            supervisor.logger.debug("fork server ready", metadata: ["forkServer.pid": "\(pid)", "forkServer.executable": "\(executable)"])
+                        }
+                    }
+                },
+                onOrphans: { [unowned self] orphans in
+                    self.assumeIsolated { $0.reapOrphans(orphans) }
                 }
-            },
-            onOrphans: { [unowned self] orphans in
-                self.assumeIsolated { $0.reapOrphans(orphans) }
-            }
-        )
-        self.forkServer = server
-        server.start()
+            )
+        }
+        let builtins = server(self.configuration.builtinExecutable ?? "/proc/self/exe")
+        self.forkServer = builtins
+        builtins.start()
+        let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
+        if Self.executableProblem(host) == nil {
+            let libraries = server(host)
+            self.libraryForkServer = libraries
+            libraries.start()
+        }
         self.resumeForkServerWaiters()
     }
 
@@ -212,18 +224,26 @@ extension WorkerSupervisor: Service {
         }
     }
 
-    /// Waits while the fork server (``Configuration/forkServer``) is starting; true when built-in workers are
-    /// forked from now on, false when they are exec'd (no fork server configured, the supervisor has not run or
-    /// has stopped, or the server cannot be used: the log says why).
+    /// Waits while the fork servers (``Configuration/forkServer``) are starting; true when built-in workers, and
+    /// library workers when `bgworker-host` is there, are forked from now on; false when they are exec'd (no fork
+    /// server configured, the supervisor has not run or has stopped, or a server cannot be used: the log says
+    /// why).
     public func waitForForkServer() async -> Bool {
         if self.forkServer == nil, self.configuration.forkServer, self.machine.mode == .idle {
             // Not started yet: run() starts it (or the supervisor stops without running).
             await withCheckedContinuation { self.forkServerWaiters.append($0) }
         }
         guard let server = self.forkServer else { return false }
-        if case .ready = await server.waitUntilSettled() { return true }
-        return false
+        var ready = true
+        for server in [server, self.libraryForkServer].compactMap({ $0 }) {
+            if case .ready = await server.waitUntilSettled() { continue }
+            ready = false
+        }
+        return ready
     }
+
+    /// The library workers' fork server's pid while it runs, or nil.
+    public var libraryForkServerPID: Int32? { self.libraryForkServer?.pid }
 
     /// Waits until the fork server whose pid was `pid` was replaced (or given up); returns the state then.
     func waitUntilForkServerReplaced(_ pid: Int32) async -> ForkServer.State? {
@@ -234,10 +254,10 @@ extension WorkerSupervisor: Service {
         return await server.waitUntilSettled()
     }
 
-    /// The fork server's pid while it runs (starting or ready), or nil.
+    /// The built-in workers' fork server's pid while it runs (starting or ready), or nil.
     public var forkServerPID: Int32? { self.forkServer?.pid }
 
-    /// Whether the worker's current process was forked by the fork server (false when it was exec'd, or has no
+    /// Whether the worker's current process was forked by a fork server (false when it was exec'd, or has no
     /// process).
     public func isForked(_ handle: BackgroundWorkerHandle) -> Bool {
         guard let resources = self.resources(handle.id), resources.process != nil else { return false }
@@ -259,6 +279,7 @@ extension WorkerSupervisor: Service {
         self.guardian?.close()
         self.guardian = nil
         self.forkServer?.stop()
+        self.libraryForkServer?.stop()
         self.resumeForkServerWaiters()
         self.alivePipe.close()
         self.sharedMemory?.close()

@@ -87,8 +87,11 @@ extension WorkerSupervisor {
             self.assumeIsolated { $0.processExited(id, status) }
         }
         var forked: UVChildProcess?
-        if entry.builtinName != nil, options.userID == nil, options.groupID == nil, let server = self.forkServer {
-            switch server.fork(options, onExit: onExit) {
+        let forkServer = entry.builtinName != nil ? self.forkServer : entry.library != nil ? self.libraryForkServer : nil
+        if let server = forkServer, options.userID == nil, options.groupID == nil {
+            // A library worker's library is loaded in the server first (bgworker-host's first argument).
+            let preload = entry.library != nil ? options.arguments.first : nil
+            switch server.fork(options, preloading: preload, onExit: onExit) {
             case .success(let process):
                 forked = process
             case .failure(let refusal):
@@ -110,7 +113,7 @@ extension WorkerSupervisor {
         }
         resources.process = process
         resources.forked = forked != nil
-        if entry.builtinName != nil {
+        if forkServer != nil || (self.configuration.forkServer && entry.builtinName != nil) {
             if forked != nil { self.builtinStarts.forked += 1 } else { self.builtinStarts.execd += 1 }
         }
         self.guardian?.hold(process.pid)

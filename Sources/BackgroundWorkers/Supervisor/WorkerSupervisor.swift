@@ -67,9 +67,11 @@ public actor WorkerSupervisor {
     var controlServer: ControlServer?
     /// Forks built-in workers when ``Configuration/forkServer`` is set; started by `begin()`.
     var forkServer: ForkServer?
+    /// Forks library workers (a fork server of `bgworker-host`) when ``Configuration/forkServer`` is set.
+    var libraryForkServer: ForkServer?
     /// Tasks in `waitForForkServer()` before `run()` started the fork server.
     var forkServerWaiters: [CheckedContinuation<Void, Never>] = []
-    /// How many built-in workers' processes were forked, and how many exec'd.
+    /// How many built-in and library workers' processes were forked, and how many exec'd.
     var builtinStarts = (forked: 0, execd: 0)
 
     let metrics: SupervisorMetrics

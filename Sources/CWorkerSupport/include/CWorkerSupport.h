@@ -177,15 +177,17 @@ int cws_fork_server_socketpair(int fds[2]);
 int cws_fork_server_hello(int sock, int timeout_ms, pid_t *pid_out, int *threads_out, int *error_out);
 
 /// Asks the fork server on `sock` for a worker and waits up to `timeout_ms` for the answer. The worker is this
-/// process's child (CLONE_PARENT); it gets `argv`, the environment `envp`, its own session with `new_session`,
+/// process's child (CLONE_PARENT); the server first loads the shared library `preload` (or NULL) into itself, if
+/// it has not yet, and ends if that started a thread (EDEADLK). The worker gets `argv`, the environment `envp`,
+/// its own session with `new_session`,
 /// and child descriptor `child_fds[i]` for parent descriptor `parent_fds[i]` (standard descriptors not named get
 /// /dev/null; nothing else is open). Returns 0 and sets the worker's pid and a pidfd for it (close-on-exec), or an
 /// errno: the server's (EDEADLK: it has more than one thread; EAGAIN, ENOMEM: transient), ETIMEDOUT, EPIPE when
 /// the server is gone, E2BIG for a request over 256 KiB. `*threads_out` gets the server's thread count when it
 /// answered. With EPROTO and `*pid_out` > 0, a worker was made but cannot be watched: it was sent SIGKILL; reap it.
-int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const envp[], int new_session,
-                         const int *child_fds, const int *parent_fds, int fd_count, int timeout_ms, pid_t *pid_out,
-                         int *pidfd_out, int *threads_out);
+int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const envp[], const char *preload,
+                         int new_session, const int *child_fds, const int *parent_fds, int fd_count, int timeout_ms,
+                         pid_t *pid_out, int *pidfd_out, int *threads_out);
 
 /// After the fork server was stopped: reads its remaining replies until end of file (or `timeout_ms` without
 /// one), sends SIGKILL to every worker they name, and lists them (at most `capacity`) with their pidfds, for the
