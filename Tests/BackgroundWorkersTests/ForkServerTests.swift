@@ -103,6 +103,11 @@ extension SupervisorTests {
                 let second = try #require(await supervisor.forkServerPID)
                 #expect(second != first)
                 #expect(threads(of: second) == 1)
+                // The guardian holds the new server's group and has forgotten the dead one's: that number may be
+                // any process's now, and a guardian that still held it would kill that process's group when the
+                // supervisor stops (seen: other tests' fork servers and workers killed).
+                let held = await supervisor.guardedGroups
+                #expect(held.contains(second) && !held.contains(first), "\(held)")
                 worker.name = "after"
                 let after = try await supervisor.register(worker)
                 _ = try await after.waitForReady()

@@ -64,8 +64,11 @@ final class ForkServer: @unchecked Sendable {
     /// Whether the current server said hello (one that ends before it is no fork server at all).
     private var greeted = false
     private var starts: [ContinuousClock.Instant] = []
-    /// Called with the server's pid when it starts (the guardian holds its group) and on every state change.
+    /// Called on every state change.
     private let onStateChange: (State) -> Void
+    /// Called with a server's pid when it was started, and again when it was reaped (the guardian holds its process
+    /// group in between, and must forget it after: the number may then be any process's).
+    private let onServerProcess: (_ pid: Int32, _ running: Bool) -> Void
     /// Called with children a dead server made but never reported (SIGKILLed already): reap them.
     private let onOrphans: ([(pid: Int32, pidfd: Int32)]) -> Void
     private var readyWaiters: [CheckedContinuation<State, Never>] = []
@@ -78,6 +81,7 @@ final class ForkServer: @unchecked Sendable {
         strategy: UVSpawnStrategy,
         executable: String,
         onStateChange: @escaping (State) -> Void,
+        onServerProcess: @escaping (_ pid: Int32, _ running: Bool) -> Void,
         onOrphans: @escaping ([(pid: Int32, pidfd: Int32)]) -> Void
     ) {
         self.loop = loop
@@ -86,6 +90,7 @@ final class ForkServer: @unchecked Sendable {
         self.strategy = strategy
         self.executable = executable
         self.onStateChange = onStateChange
+        self.onServerProcess = onServerProcess
         self.onOrphans = onOrphans
     }
 
@@ -96,6 +101,9 @@ final class ForkServer: @unchecked Sendable {
         case .disabled, .stopped: nil
         }
     }
+
+    /// The server process's pid while it runs, whatever its state (a disabled one may still be ending).
+    var runningPID: Int32? { self.process?.pid }
 
     /// Starts the server (again). Its hello is read when it comes; until then workers are exec'd.
     func start() {
@@ -123,6 +131,7 @@ final class ForkServer: @unchecked Sendable {
         let process: UVChildProcess
         do {
             process = try self.loop.spawn(options) { [weak self] status in self?.exited(status) }
+            self.onServerProcess(process.pid, true)
         } catch {
             _ = cws_close(pair[0])
             _ = cws_close(pair[1])
@@ -243,6 +252,7 @@ final class ForkServer: @unchecked Sendable {
     }
 
     private func exited(_ status: UVExitStatus) {
+        if let process = self.process { self.onServerProcess(process.pid, false) }
         self.process = nil
         self.collectOrphans()
         self.closeSocket()

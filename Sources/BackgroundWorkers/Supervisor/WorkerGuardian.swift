@@ -58,15 +58,21 @@ final class WorkerGuardian {
 
     var pid: Int32 { self.process.pid }
 
+    /// The process groups it holds, as this side told it.
+    private(set) var held: Set<Int32> = []
+
     /// Holds a worker's process group from now on.
     func hold(_ group: Int32) {
         guard let control = self.control else { return }
+        self.held.insert(group)
         _ = cws_guardian_send(control, 1, group)
     }
 
-    /// Forgets a worker's process group (its leader was reaped).
+    /// Forgets a worker's process group (its leader was reaped): its number may be another process's from now on,
+    /// which the guardian must never kill.
     func release(_ group: Int32) {
         guard let control = self.control else { return }
+        self.held.remove(group)
         _ = cws_guardian_send(control, 0, group)
     }
 

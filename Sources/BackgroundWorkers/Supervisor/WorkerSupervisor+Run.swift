@@ -157,11 +157,16 @@ extension WorkerSupervisor: Service {
     /// that cannot start one still runs, and says so.
     func startGuardian() {
         do {
-            let guardian = try WorkerGuardian(loop: self.loop, capacity: self.configuration.maxWorkerProcesses) { status in
+            // Every worker's group, and the fork servers' two.
+            let capacity = self.configuration.maxWorkerProcesses + (self.configuration.forkServer ? 2 : 0)
+            let guardian = try WorkerGuardian(loop: self.loop, capacity: capacity) { status in
                 self.assumeIsolated { $0.guardianExited(status) }
             }
             for resources in self.resources.compactMap({ $0 }) {
                 if let process = resources.process { guardian.hold(process.pid) }
+            }
+            for server in [self.forkServer, self.libraryForkServer] {
+                if let pid = server?.runningPID { guardian.hold(pid) }
             }
             self.guardian = guardian
         } catch {
@@ -182,10 +187,14 @@ extension WorkerSupervisor: Service {
                 executable: executable,
                 onStateChange: { [unowned self] state in
                     self.assumeIsolated { supervisor in
-                        if case .starting(let pid) = state { supervisor.guardian?.hold(pid) }
                         if case .ready(let pid) = state {
                             supervisor.logger.debug("fork server ready", metadata: ["forkServer.pid": "\(pid)", "forkServer.executable": "\(executable)"])
                         }
+                    }
+                },
+                onServerProcess: { [unowned self] pid, running in
+                    self.assumeIsolated { supervisor in
+                        if running { supervisor.guardian?.hold(pid) } else { supervisor.guardian?.release(pid) }
                     }
                 },
                 onOrphans: { [unowned self] orphans in
@@ -241,6 +250,9 @@ extension WorkerSupervisor: Service {
         }
         return ready
     }
+
+    /// The process groups the guardian holds.
+    var guardedGroups: Set<Int32> { self.guardian?.held ?? [] }
 
     /// The library workers' fork server's pid while it runs, or nil.
     public var libraryForkServerPID: Int32? { self.libraryForkServer?.pid }
