@@ -160,16 +160,7 @@ static int become_worker(const struct cws_fork_request *request, const char *str
         for (long fd = highest + 1; fd < (limit > 0 ? limit : 65536); fd++) close((int)fd);
     }
     if (request->new_session && setsid() < 0) return errno;
-    struct sigaction fallback = {0};
-    fallback.sa_handler = SIG_DFL;
-    sigemptyset(&fallback.sa_mask);
-    for (int signal = 1; signal < NSIG; signal++) {
-        if (signal == SIGKILL || signal == SIGSTOP) continue;
-        sigaction(signal, &fallback, NULL);  // fails harmlessly for numbers glibc reserves
-    }
-    sigset_t empty;
-    sigemptyset(&empty);
-    sigprocmask(SIG_SETMASK, &empty, NULL);
+    // Signal dispositions and mask: the server's, reset once when it started (reset_signals), never changed since.
 
     char **argv = calloc(request->argc + 1, sizeof(char *));
     char **envp = calloc(request->envc + 1, sizeof(char *));
@@ -188,6 +179,21 @@ static int become_worker(const struct cws_fork_request *request, const char *str
     // The name `ps` shows: argv[0] as an exec would give it.
     prctl(PR_SET_NAME, (unsigned long)argv[0], 0, 0, 0);
     return 0;
+}
+
+/// Default dispositions and an empty mask, as an exec'd worker gets them; done once in the server, whose workers
+/// inherit them (it installs no handler and blocks nothing afterwards).
+static void reset_signals(void) {
+    struct sigaction fallback = {0};
+    fallback.sa_handler = SIG_DFL;
+    sigemptyset(&fallback.sa_mask);
+    for (int signal = 1; signal < NSIG; signal++) {
+        if (signal == SIGKILL || signal == SIGSTOP) continue;
+        sigaction(signal, &fallback, NULL);  // fails harmlessly for numbers glibc reserves
+    }
+    sigset_t empty;
+    sigemptyset(&empty);
+    sigprocmask(SIG_SETMASK, &empty, NULL);
 }
 
 /// Checks that `length` bytes hold `argc + envc` NUL-terminated strings.
@@ -217,6 +223,7 @@ static int serve(int sock) {
 #if !defined(__x86_64__) && !defined(__aarch64__)
     setup_error = ENOSYS;
 #endif
+    reset_signals();
     int threads = count_threads();
     if (setup_error == 0 && threads != 1) setup_error = EDEADLK;
     send_reply(sock, 0, (int32_t)getpid(), setup_error, -1, threads);

@@ -60,7 +60,10 @@ extension SupervisorTests {
         /// `body` runs, and afterwards every worker `body` started was forked (none exec'd).
         static func withRuntimeSupervisor(_ start: Start, _ body: (WorkerSupervisor) async throws -> Void) async throws {
             try await withSupervisor(configure: { Self.configure(&$0, start) }) { supervisor in
-                if start == .forkServer { #expect(await supervisor.waitForForkServer()) }
+                if start == .forkServer {
+                    #expect(await supervisor.waitForForkServer())
+                    #expect(await supervisor.libraryForkServerPID != nil)
+                }
                 try await body(supervisor)
                 if start == .forkServer {
                     let counts = await supervisor.builtinStarts

@@ -233,22 +233,20 @@ extension WorkerSupervisor: Service {
         }
     }
 
-    /// Waits while the fork servers (``Configuration/forkServer``) are starting; true when built-in workers, and
-    /// library workers when `bgworker-host` is there, are forked from now on; false when they are exec'd (no fork
-    /// server configured, the supervisor has not run or has stopped, or a server cannot be used: the log says
-    /// why).
+    /// Waits while the fork servers (``Configuration/forkServer``) are starting; true when built-in workers are
+    /// forked from now on, false when they are exec'd (no fork server configured, the supervisor has not run or has
+    /// stopped, or the server cannot be used: the log says why). Library workers are forked too once it returns,
+    /// unless `bgworker-host` is missing or is no fork server (``libraryForkServerPID`` is then nil, and the log
+    /// says why).
     public func waitForForkServer() async -> Bool {
         if self.forkServer == nil, self.configuration.forkServer, self.machine.mode == .idle {
             // Not started yet: run() starts it (or the supervisor stops without running).
             await withCheckedContinuation { self.forkServerWaiters.append($0) }
         }
         guard let server = self.forkServer else { return false }
-        var ready = true
-        for server in [server, self.libraryForkServer].compactMap({ $0 }) {
-            if case .ready = await server.waitUntilSettled() { continue }
-            ready = false
-        }
-        return ready
+        _ = await self.libraryForkServer?.waitUntilSettled()
+        if case .ready = await server.waitUntilSettled() { return true }
+        return false
     }
 
     /// The process groups the guardian holds.
