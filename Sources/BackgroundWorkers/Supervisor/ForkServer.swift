@@ -150,17 +150,19 @@ final class ForkServer: @unchecked Sendable {
         self.set(.starting(pid: process.pid))
     }
 
-    /// Waits until the server is ready, disabled or stopped, and returns that state.
-    func waitUntilSettled() async -> State {
+    /// Waits until the server is ready, disabled or stopped, and returns that state. Runs on the caller's actor,
+    /// which must be the supervisor (the loop thread): read anywhere else, the state could turn ready between the
+    /// check and the wait, and the wake-up would be lost.
+    func waitUntilSettled(isolation: isolated WorkerSupervisor) async -> State {
         if case .starting = self.state {
-            return await withCheckedContinuation { self.readyWaiters.append($0) }
+            return await withCheckedContinuation(isolation: isolation) { self.readyWaiters.append($0) }
         }
         return self.state
     }
 
-    /// Waits for the next state change.
-    func waitForChange() async -> State {
-        await withCheckedContinuation { self.changeWaiters.append($0) }
+    /// Waits for the next state change. On the supervisor's actor, as ``waitUntilSettled(isolation:)``.
+    func waitForChange(isolation: isolated WorkerSupervisor) async -> State {
+        await withCheckedContinuation(isolation: isolation) { self.changeWaiters.append($0) }
     }
 
     /// Forks a worker with `options`' arguments, environment and descriptors (its executable is this binary).

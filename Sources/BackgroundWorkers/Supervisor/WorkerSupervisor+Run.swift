@@ -244,8 +244,8 @@ extension WorkerSupervisor: Service {
             await withCheckedContinuation { self.forkServerWaiters.append($0) }
         }
         guard let server = self.forkServer else { return false }
-        _ = await self.libraryForkServer?.waitUntilSettled()
-        if case .ready = await server.waitUntilSettled() { return true }
+        _ = await self.libraryForkServer?.waitUntilSettled(isolation: self)
+        if case .ready = await server.waitUntilSettled(isolation: self) { return true }
         return false
     }
 
@@ -259,9 +259,9 @@ extension WorkerSupervisor: Service {
     func waitUntilForkServerReplaced(_ pid: Int32) async -> ForkServer.State? {
         guard let server = self.forkServer else { return nil }
         while server.pid == pid {
-            _ = await server.waitForChange()
+            _ = await server.waitForChange(isolation: self)
         }
-        return await server.waitUntilSettled()
+        return await server.waitUntilSettled(isolation: self)
     }
 
     /// The built-in workers' fork server's pid while it runs (starting or ready), or nil.
