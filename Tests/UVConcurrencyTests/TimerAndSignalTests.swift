@@ -120,7 +120,8 @@ extension UVConcurrencyTests {
                 }
                 #expect(lines.all == ["whole"])
                 #expect(ended == .lineIncomplete(bytes: 4, after: .milliseconds(200)))
-                #expect(ContinuousClock.now - start >= .milliseconds(200))
+                // libuv measures from its loop time, cached at the start of the loop turn: a little before `start`.
+                #expect(ContinuousClock.now - start >= .milliseconds(150))
                 _ = close(pipe.writeEnd)
             }
         }
