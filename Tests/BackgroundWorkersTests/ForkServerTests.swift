@@ -206,17 +206,6 @@ func threads(of pid: Int32) -> Int {
     return count
 }
 
-/// Process `pid`'s resident memory in KiB (/proc/PID/statm), or -1.
-func residentKiB(of pid: Int32) -> Int {
-    guard let file = fopen("/proc/\(pid)/statm", "re") else { return -1 }
-    defer { fclose(file) }
-    var buffer = [CChar](repeating: 0, count: 128)
-    guard fgets(&buffer, 128, file) != nil else { return -1 }
-    let fields = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ")
-    guard fields.count >= 2, let pages = Int(fields[1]) else { return -1 }
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
-}
-
 /// How many descriptors process `pid` has open (/proc/PID/fd), or -1.
 func descriptors(of pid: Int32) -> Int {
     guard let folder = opendir("/proc/\(pid)/fd") else { return -1 }

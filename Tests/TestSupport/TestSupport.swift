@@ -124,9 +124,10 @@ public func openDescriptors() -> Int {
     return count - 1
 }
 
-/// This process's resident memory in KiB, from /proc/self/statm (its second field, in pages).
-public func residentKiB() -> Int {
-    guard let file = fopen("/proc/self/statm", "re") else { return -1 }
+/// A process's resident memory in KiB (this process's by default), from /proc/PID/statm (its second field, in
+/// pages); -1 when it cannot be read.
+public func residentKiB(of pid: pid_t? = nil) -> Int {
+    guard let file = fopen("/proc/\(pid.map(String.init) ?? "self")/statm", "re") else { return -1 }
     defer { fclose(file) }
     var buffer = [CChar](repeating: 0, count: 128)
     guard fgets(&buffer, 128, file) != nil else { return -1 }

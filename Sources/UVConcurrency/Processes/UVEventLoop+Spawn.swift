@@ -193,13 +193,8 @@ extension UVEventLoop {
         forLibuv: Bool,
         _ body: (inout uv_process_options_t) -> Int32
     ) -> Int32 {
-        var strings: [UnsafeMutablePointer<CChar>?] = []
-        defer { for string in strings { free(string) } }
-        func cString(_ string: String) -> UnsafeMutablePointer<CChar> {
-            let copy = strdup(string)!
-            strings.append(copy)
-            return copy
-        }
+        let strings = CStringCopies()
+        let cString = strings.copy
 
         // libuv takes the child's descriptors as an array indexed by child descriptor number (posix_spawn gets
         // them as file actions instead: no array for it).
@@ -220,6 +215,8 @@ extension UVEventLoop {
         if options.userID != nil { flags |= UV_PROCESS_SETUID.rawValue }
         if options.groupID != nil { flags |= UV_PROCESS_SETGID.rawValue }
 
+        // The copies must outlive `body`, which uses them: kept alive to the end.
+        defer { withExtendedLifetime(strings) {} }
         return stdio.withUnsafeMutableBufferPointer { stdioBuffer in
             var cOptions = uv_process_options_t()
             cOptions.exit_cb = { handle, status, signal in
@@ -249,13 +246,8 @@ extension UVSpawnOptions {
     public func withArgumentsAndEnvironment<Result>(
         _ body: (UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Result
     ) -> Result {
-        var strings: [UnsafeMutablePointer<CChar>?] = []
-        defer { for string in strings { free(string) } }
-        func cString(_ string: String) -> UnsafeMutablePointer<CChar> {
-            let copy = strdup(string)!
-            strings.append(copy)
-            return copy
-        }
+        let strings = CStringCopies()
+        let cString = strings.copy
 
         var argv: [UnsafeMutablePointer<CChar>?] = [cString(self.argumentZero ?? self.executable)]
         for argument in self.arguments { argv.append(cString(argument)) }
@@ -276,6 +268,7 @@ extension UVSpawnOptions {
             list.append(nil)
             envp = list
         }
+        defer { withExtendedLifetime(strings) {} }  // the copies must outlive `body`
         return argv.withUnsafeMutableBufferPointer { argvBuffer in
             guard envp != nil else { return body(argvBuffer.baseAddress!, nil) }
             return envp!.withUnsafeMutableBufferPointer { body(argvBuffer.baseAddress!, $0.baseAddress) }
@@ -283,3 +276,17 @@ extension UVSpawnOptions {
     }
 }
 
+/// C copies of Swift strings, freed together when the copies are dropped.
+private final class CStringCopies {
+    private var copies: [UnsafeMutablePointer<CChar>] = []
+
+    func copy(_ string: String) -> UnsafeMutablePointer<CChar> {
+        let copy = strdup(string)!
+        self.copies.append(copy)
+        return copy
+    }
+
+    deinit {
+        for copy in self.copies { free(copy) }
+    }
+}
