@@ -14,8 +14,12 @@ extension SupervisorTests {
         typealias Start = RuntimeTests.Start
 
         /// A supervisor whose built-ins are `swift-worker`'s modes, forked when `forking`.
-        static func withBuiltinSupervisor(forking: Bool, _ body: (WorkerSupervisor) async throws -> Void) async throws {
-            try await withSupervisor(configure: { configuration in
+        static func withBuiltinSupervisor(
+            forking: Bool,
+            strategy: UVSpawnStrategy = .automatic,
+            _ body: (WorkerSupervisor) async throws -> Void
+        ) async throws {
+            try await withSupervisor(strategy: strategy, configure: { configuration in
                 configuration.builtinExecutable = RuntimeTests.workerPath
                 configuration.forkServer = forking
             }) { supervisor in
@@ -57,9 +61,13 @@ extension SupervisorTests {
             #expect(execd.state.contains("BGW_NAME") && !execd.state.contains("bgworker-fork-server"), "\(execd.state)")
         }
 
-        @Test("the fork server has one thread, and is the supervisor's child; its workers are the supervisor's children, not its own")
-        func oneThreadAndParentage() async throws {
-            try await Self.withBuiltinSupervisor(forking: true) { supervisor in
+        @Test(
+            "the fork server has one thread, and is the supervisor's child; its workers are the supervisor's children, not its own, under both spawn strategies",
+            arguments: [UVSpawnStrategy.posixSpawn, .libuv]
+        )
+        func oneThreadAndParentage(strategy: UVSpawnStrategy) async throws {
+            // With libuv's strategy too, a forked worker is watched through its pidfd (libuv reaps only what it spawned).
+            try await Self.withBuiltinSupervisor(forking: true, strategy: strategy) { supervisor in
                 let server = try #require(await supervisor.forkServerPID)
                 #expect(threads(of: server) == 1)
                 #expect(parent(of: server) == getpid())
