@@ -70,7 +70,7 @@ extension SupervisorTests {
             try await Self.withBuiltinSupervisor(forking: true, strategy: strategy) { supervisor in
                 let server = try #require(await supervisor.forkServerPID)
                 #expect(threads(of: server) == 1)
-                #expect(parent(of: server) == getpid())
+                #expect(procStat(server)?.parent == getpid())
                 var worker = BackgroundWorker(name: "forked", entryPoint: .builtin("serve"))
                 worker.reportsReadiness = true
                 let handles = try await (0..<4).asyncMap { index in
@@ -80,7 +80,7 @@ extension SupervisorTests {
                 }
                 for handle in handles {
                     let pid = try await handle.waitForReady()
-                    #expect(parent(of: pid) == getpid())
+                    #expect(procStat(pid)?.parent == getpid())
                     #expect(await supervisor.isForked(handle))
                 }
                 // Forking did not start a thread in the server.
@@ -122,7 +122,7 @@ extension SupervisorTests {
                 #expect(await supervisor.isForked(after))
                 // The worker forked by the dead server is untouched: still the supervisor's, still running.
                 #expect(await before.status == .started(pid: beforePID))
-                #expect(parent(of: beforePID) == getpid())
+                #expect(procStat(beforePID)?.parent == getpid())
                 for handle in [before, after] + during { await handle.terminate() }
                 for handle in [before, after] + during { _ = try await handle.waitForShutdown() }
             }
@@ -138,7 +138,7 @@ extension SupervisorTests {
                 worker.restartInterval = .never
                 // A first fork: what the server allocates once (its request buffer) is there from now on.
                 _ = try await supervisor.register(worker).waitForShutdown()
-                let first = (resident: residentKiB(of: server), descriptors: descriptors(of: server))
+                let first = (resident: residentKiB(of: server), descriptors: openDescriptors(of: server))
                 var pids: [Int32] = []
                 for index in 0..<cycles {
                     let handle = try await supervisor.register(worker)
@@ -146,10 +146,10 @@ extension SupervisorTests {
                     _ = try await handle.waitForShutdown()
                     #expect(await handle.detail == .unregistered(.completed, lastExit: .exited(0)))
                     if (index + 1) % max(1, cycles / 10) == 0 {
-                        print("fork cycles \(index + 1): server resident \(residentKiB(of: server)) KiB, \(descriptors(of: server)) descriptors")
+                        print("fork cycles \(index + 1): server resident \(residentKiB(of: server)) KiB, \(openDescriptors(of: server)) descriptors")
                     }
                 }
-                let last = (resident: residentKiB(of: server), descriptors: descriptors(of: server))
+                let last = (resident: residentKiB(of: server), descriptors: openDescriptors(of: server))
                 #expect(await supervisor.forkServerPID == server)  // the same server all along
                 #expect(last.descriptors == first.descriptors)
                 #expect(last.resident - first.resident < 512, "server resident \(first.resident) → \(last.resident) KiB")
@@ -201,41 +201,6 @@ extension SupervisorTests {
             }
         }
     }
-}
-
-/// The number of threads of process `pid` (/proc/PID/task).
-func threads(of pid: Int32) -> Int {
-    guard let folder = opendir("/proc/\(pid)/task") else { return 0 }
-    defer { closedir(folder) }
-    var count = 0
-    while let entry = readdir(folder) {
-        if withUnsafeBytes(of: entry.pointee.d_name, { $0.first }) != UInt8(ascii: ".") { count += 1 }
-    }
-    return count
-}
-
-/// How many descriptors process `pid` has open (/proc/PID/fd), or -1.
-func descriptors(of pid: Int32) -> Int {
-    guard let folder = opendir("/proc/\(pid)/fd") else { return -1 }
-    defer { closedir(folder) }
-    var count = 0
-    while let entry = readdir(folder) {
-        if withUnsafeBytes(of: entry.pointee.d_name, { $0.first }) != UInt8(ascii: ".") { count += 1 }
-    }
-    return count
-}
-
-/// The parent pid of process `pid` (/proc/PID/stat), or 0.
-func parent(of pid: Int32) -> Int32 {
-    guard let file = fopen("/proc/\(pid)/stat", "re") else { return 0 }
-    defer { fclose(file) }
-    var buffer = [CChar](repeating: 0, count: 1024)
-    guard fgets(&buffer, 1024, file) != nil else { return 0 }
-    let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    // pid (comm) state ppid ...: the name may hold spaces and parentheses, so count from the last ')'.
-    guard let close = text.lastIndex(of: ")") else { return 0 }
-    let fields = text[text.index(after: close)...].split(separator: " ")
-    return fields.count > 1 ? Int32(fields[1]) ?? 0 : 0
 }
 
 extension Sequence {

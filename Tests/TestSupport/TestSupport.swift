@@ -113,15 +113,27 @@ public func readLines(until last: String, on loop: UVEventLoop, from descriptor:
     }
 }
 
-/// This process's open descriptors, from /proc/self/fd (less the one reading it).
-public func openDescriptors() -> Int {
-    guard let directory = opendir("/proc/self/fd") else { return -1 }
+/// A process's open descriptors (this process's by default, less the one reading them), from /proc/PID/fd; -1
+/// when they cannot be read.
+public func openDescriptors(of pid: pid_t? = nil) -> Int {
+    let count = entryCount("/proc/\(pid.map(String.init) ?? "self")/fd")
+    return pid == nil && count > 0 ? count - 1 : count
+}
+
+/// A process's threads, from /proc/PID/task; -1 when they cannot be read.
+public func threads(of pid: pid_t) -> Int {
+    entryCount("/proc/\(pid)/task")
+}
+
+/// The entries of a folder, without "." and ".."; -1 when it cannot be read.
+private func entryCount(_ path: String) -> Int {
+    guard let directory = opendir(path) else { return -1 }
     defer { closedir(directory) }
     var count = 0
     while let entry = readdir(directory) {
         if entry.pointee.d_name.0 != 0x2e { count += 1 }  // not "." or ".."
     }
-    return count - 1
+    return count
 }
 
 /// A process's resident memory in KiB (this process's by default), from /proc/PID/statm (its second field, in

@@ -4,10 +4,6 @@ import Logging
 import ServiceLifecycle
 import UVConcurrency
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 extension WorkerSupervisor: Service {
     /// Runs the supervisor until it has shut down and every worker has been reaped.
     ///
@@ -173,105 +169,6 @@ extension WorkerSupervisor: Service {
             self.guardian = nil
             self.logger.error("cannot start the worker guardian: \(error); workers that do not watch descriptor 3 may outlive this process if it dies without a shutdown")
         }
-    }
-
-    /// Starts the fork servers: one of the built-ins' binary, and one of `bgworker-host` for library workers when
-    /// it is there. Their process groups are held by the guardian.
-    func startForkServer() {
-        func server(_ executable: String) -> ForkServer {
-            ForkServer(
-                loop: self.loop,
-                logger: self.logger,
-                environment: self.baseEnvironment,
-                strategy: self.configuration.spawnStrategy,
-                executable: executable,
-                onStateChange: { [unowned self] state in
-                    self.assumeIsolated { supervisor in
-                        if case .ready(let pid) = state {
-                            supervisor.logger.debug("fork server ready", metadata: ["forkServer.pid": "\(pid)", "forkServer.executable": "\(executable)"])
-                        }
-                    }
-                },
-                onServerProcess: { [unowned self] pid, running in
-                    self.assumeIsolated { supervisor in
-                        if running { supervisor.guardian?.hold(pid) } else { supervisor.guardian?.release(pid) }
-                    }
-                },
-                onOrphans: { [unowned self] orphans in
-                    self.assumeIsolated { $0.reapOrphans(orphans) }
-                }
-            )
-        }
-        let builtins = server(self.configuration.builtinExecutable ?? "/proc/self/exe")
-        self.forkServer = builtins
-        builtins.start()
-        let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
-        if Self.executableProblem(host) == nil {
-            let libraries = server(host)
-            self.libraryForkServer = libraries
-            libraries.start()
-        }
-        self.resumeForkServerWaiters()
-    }
-
-    /// Wakes the tasks that waited for the fork server before it was started.
-    func resumeForkServerWaiters() {
-        let waiters = self.forkServerWaiters
-        self.forkServerWaiters.removeAll()
-        for waiter in waiters { waiter.resume() }
-    }
-
-    /// Workers a failed fork server made but never reported: already sent SIGKILL, reaped here.
-    private func reapOrphans(_ orphans: [(pid: Int32, pidfd: Int32)]) {
-        for (pid, pidfd) in orphans {
-            kill(pid, SIGKILL)
-            if pidfd >= 0, (try? self.loop.adoptChild(pid: pid, pidfd: pidfd, name: "orphan of the fork server", detached: true)) != nil {
-                continue
-            }
-            if pidfd >= 0 { _ = cws_close(pidfd) }
-            while waitpid(pid, nil, 0) < 0 && errno == EINTR {}
-        }
-    }
-
-    /// Waits while the fork servers (``Configuration/forkServer``) are starting; true when built-in workers are
-    /// forked from now on, false when they are exec'd (no fork server configured, the supervisor has not run or has
-    /// stopped, or the server cannot be used: the log says why). Library workers are forked too once it returns,
-    /// unless `bgworker-host` is missing or is no fork server (``libraryForkServerPID`` is then nil, and the log
-    /// says why).
-    public func waitForForkServer() async -> Bool {
-        if self.forkServer == nil, self.configuration.forkServer, self.machine.mode == .idle {
-            // Not started yet: run() starts it (or the supervisor stops without running).
-            await withCheckedContinuation { self.forkServerWaiters.append($0) }
-        }
-        guard let server = self.forkServer else { return false }
-        _ = await self.libraryForkServer?.waitUntilSettled(isolation: self)
-        if case .ready = await server.waitUntilSettled(isolation: self) { return true }
-        return false
-    }
-
-    /// The process groups the guardian holds.
-    var guardedGroups: Set<Int32> { self.guardian?.held ?? [] }
-
-    /// The library workers' fork server's pid while it runs, or nil.
-    public var libraryForkServerPID: Int32? { self.libraryForkServer?.pid }
-
-    /// Waits until the fork server whose pid was `pid` was replaced (or given up); returns the state then.
-    func waitUntilForkServerReplaced(_ pid: Int32) async -> ForkServer.State? {
-        guard let server = self.forkServer else { return nil }
-        while server.pid == pid {
-            _ = await server.waitForChange(isolation: self)
-        }
-        return await server.waitUntilSettled(isolation: self)
-    }
-
-    /// The built-in workers' fork server's pid while it runs (starting or ready), or nil.
-    public var forkServerPID: Int32? { self.forkServer?.pid }
-
-    /// Whether the worker's current process was forked by a fork server (false when it was exec'd, or has no
-    /// process).
-    public func isForked(_ handle: BackgroundWorkerHandle) -> Bool {
-        guard let resources = self.resources(handle.id), resources.process != nil else { return false }
-        return resources.forked
     }
 
     /// The guardian ended while the supervisor runs (someone killed it): start another one.

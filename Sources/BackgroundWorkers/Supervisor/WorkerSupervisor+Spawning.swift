@@ -14,12 +14,14 @@ extension WorkerSupervisor {
         }
         let entry = worker.registration.entryPoint
         let executable: (path: String, arguments: [String], environment: [String: String], workingDirectory: String?)
+        var libraryPath: String?  // a library worker's, which its fork server loads before forking it
         if let library = entry.library {
             // bgworker-host loads the library and calls the function inside the worker runtime.
             let directory = self.configuration.libraryDirectory ?? Self.executableDirectory
             let path = library.path.contains("/") ? library.path : directory + "/" + library.path
             let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
             executable = (host, [path, library.function], [:], nil)
+            libraryPath = path
         } else if let name = entry.builtinName {
             // Re-execute this very binary; its main hands over to the built-in (BuiltinWorkers.runIfRequested).
             executable = (self.configuration.builtinExecutable ?? "/proc/self/exe", [WorkerProcessContract.builtinMarker, name], [:], nil)
@@ -89,9 +91,7 @@ extension WorkerSupervisor {
         var forked: UVChildProcess?
         let forkServer = entry.builtinName != nil ? self.forkServer : entry.library != nil ? self.libraryForkServer : nil
         if let server = forkServer, options.userID == nil, options.groupID == nil {
-            // A library worker's library is loaded in the server first (bgworker-host's first argument).
-            let preload = entry.library != nil ? options.arguments.first : nil
-            switch server.fork(options, preloading: preload, onExit: onExit) {
+            switch server.fork(options, preloading: libraryPath, onExit: onExit) {
             case .success(let process):
                 forked = process
             case .failure(let refusal):
@@ -113,7 +113,7 @@ extension WorkerSupervisor {
         }
         resources.process = process
         resources.forked = forked != nil
-        if forkServer != nil || (self.configuration.forkServer && entry.builtinName != nil) {
+        if forkServer != nil {
             if forked != nil { self.builtinStarts.forked += 1 } else { self.builtinStarts.execd += 1 }
         }
         self.guardian?.hold(process.pid)
