@@ -19,10 +19,7 @@ extension SupervisorTests {
             strategy: UVSpawnStrategy = .automatic,
             _ body: (WorkerSupervisor) async throws -> Void
         ) async throws {
-            try await withSupervisor(strategy: strategy, configure: { configuration in
-                configuration.builtinExecutable = RuntimeTests.workerPath
-                configuration.forkServer = forking
-            }) { supervisor in
+            try await withSupervisor(strategy: strategy, configure: { RuntimeTests.configure(&$0, forking ? .forkServer : .exec) }) { supervisor in
                 #expect(await supervisor.waitForForkServer() == forking)
                 try await body(supervisor)
             }

@@ -49,11 +49,11 @@ extension SupervisorTests {
             return worker
         }
 
-        /// The configuration for `start`: a fork server of `swift-worker` when forking.
+        /// The configuration for `start`: `swift-worker`'s modes as the built-ins, forked by a fork server of it
+        /// when forking.
         static func configure(_ configuration: inout WorkerSupervisor.Configuration, _ start: Start) {
-            guard start == .forkServer else { return }
-            configuration.forkServer = true
             configuration.builtinExecutable = Self.workerPath
+            configuration.forkServer = start == .forkServer
         }
 
         /// A supervisor whose Swift workers start as `start` says; when forking, the fork server is ready before

@@ -274,13 +274,13 @@ final class ForkServer: @unchecked Sendable {
         self.helloWatcher = try? self.loop.watchReadable(self.socket) { [weak self] in self?.helloReadable() }
     }
 
-    private func stopPoll() {
+    private func stopWatchingHello() {
         self.helloWatcher?.cancel()
         self.helloWatcher = nil
     }
 
     private func helloReadable() {
-        self.stopPoll()
+        self.stopWatchingHello()
         self.helloDeadline?.cancel()
         self.helloDeadline = nil
         var pid: pid_t = 0
@@ -304,7 +304,7 @@ final class ForkServer: @unchecked Sendable {
     }
 
     private func closeSocket() {
-        self.stopPoll()
+        self.stopWatchingHello()
         self.helloDeadline?.cancel()
         self.helloDeadline = nil
         if self.socket >= 0 { _ = cws_close(self.socket) }
