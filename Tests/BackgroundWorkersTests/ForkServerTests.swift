@@ -11,7 +11,6 @@ import Glibc
 extension SupervisorTests {
     @Suite("The fork server: built-in workers forked, not exec'd (issue 13)")
     struct ForkServerTests {
-        typealias Start = RuntimeTests.Start
 
         /// A supervisor whose built-ins are `swift-worker`'s modes, forked when `forking`.
         static func withBuiltinSupervisor(
@@ -36,7 +35,7 @@ extension SupervisorTests {
                 let handle = try await supervisor.register(worker)
                 #expect(try await handle.waitForShutdown() == .stopped)
                 state = await handle.lastReportedError ?? ""
-                #expect(await supervisor.builtinStarts.forked == (forking ? 1 : 0))
+                #expect(await supervisor.forkServedStarts.forked == (forking ? 1 : 0))
             }
             return (state, supervisorPID)
         }
@@ -151,7 +150,7 @@ extension SupervisorTests {
                 #expect(last.descriptors == first.descriptors)
                 #expect(last.resident - first.resident < 512, "server resident \(first.resident) → \(last.resident) KiB")
                 #expect(zombieChildren(among: pids).isEmpty)
-                let counts = await supervisor.builtinStarts
+                let counts = await supervisor.forkServedStarts
                 #expect(counts.forked == cycles + 1 && counts.execd == 0)
             }
         }
@@ -174,7 +173,7 @@ extension SupervisorTests {
                 worker.restartInterval = .seconds(1)
                 let handle = try await supervisor.register(worker)
                 #expect(try await handle.waitForShutdown() == .stopped)
-                #expect(await supervisor.builtinStarts == (forked: 0, execd: 1))
+                #expect(await supervisor.forkServedStarts == (forked: 0, execd: 1))
             }
         }
 

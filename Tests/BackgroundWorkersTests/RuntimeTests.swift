@@ -66,7 +66,7 @@ extension SupervisorTests {
                 }
                 try await body(supervisor)
                 if start == .forkServer {
-                    let counts = await supervisor.builtinStarts
+                    let counts = await supervisor.forkServedStarts
                     #expect(counts.forked > 0 && counts.execd == 0, "forked \(counts.forked), exec'd \(counts.execd)")
                 }
             }

@@ -14,17 +14,19 @@ extension WorkerSupervisor {
         }
         let entry = worker.registration.entryPoint
         let executable: (path: String, arguments: [String], environment: [String: String], workingDirectory: String?)
-        var libraryPath: String?  // a library worker's, which its fork server loads before forking it
+        // The fork server for this entry point, if any, and the library it loads before forking.
+        var forking: (server: ForkServer?, library: String?) = (nil, nil)
         if let library = entry.library {
             // bgworker-host loads the library and calls the function inside the worker runtime.
             let directory = self.configuration.libraryDirectory ?? Self.executableDirectory
             let path = library.path.contains("/") ? library.path : directory + "/" + library.path
             let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
             executable = (host, [path, library.function], [:], nil)
-            libraryPath = path
+            forking = (self.libraryForkServer, path)
         } else if let name = entry.builtinName {
             // Re-execute this very binary; its main hands over to the built-in (BuiltinWorkers.runIfRequested).
             executable = (self.configuration.builtinExecutable ?? "/proc/self/exe", [WorkerProcessContract.builtinMarker, name], [:], nil)
+            forking = (self.forkServer, nil)
         } else if let direct = entry.executable {
             executable = direct
         } else {
@@ -89,9 +91,8 @@ extension WorkerSupervisor {
             self.assumeIsolated { $0.processExited(id, status) }
         }
         var forked: UVChildProcess?
-        let forkServer = entry.builtinName != nil ? self.forkServer : entry.library != nil ? self.libraryForkServer : nil
-        if let server = forkServer, options.userID == nil, options.groupID == nil {
-            switch server.fork(options, preloading: libraryPath, onExit: onExit) {
+        if let server = forking.server, options.userID == nil, options.groupID == nil {
+            switch server.fork(options, preloading: forking.library, onExit: onExit) {
             case .success(let process):
                 forked = process
             case .failure(let refusal):
@@ -113,8 +114,8 @@ extension WorkerSupervisor {
         }
         resources.process = process
         resources.forked = forked != nil
-        if forkServer != nil {
-            if forked != nil { self.builtinStarts.forked += 1 } else { self.builtinStarts.execd += 1 }
+        if forking.server != nil {
+            if forked != nil { self.forkServedStarts.forked += 1 } else { self.forkServedStarts.execd += 1 }
         }
         self.guardian?.hold(process.pid)
         if let readiness {

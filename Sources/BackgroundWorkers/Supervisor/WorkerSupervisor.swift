@@ -72,7 +72,7 @@ public actor WorkerSupervisor {
     /// Tasks in `waitForForkServer()` before `run()` started the fork server.
     var forkServerWaiters: [CheckedContinuation<Void, Never>] = []
     /// How many built-in and library workers' processes were forked, and how many exec'd.
-    var builtinStarts = (forked: 0, execd: 0)
+    var forkServedStarts = (forked: 0, execd: 0)
 
     let metrics: SupervisorMetrics
 
