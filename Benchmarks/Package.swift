@@ -78,6 +78,15 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        // Diagnostics: a built-in worker forked or exec'd in a loop.
+        .executableTarget(
+            name: "ForkProbe",
+            dependencies: [
+                .product(name: "BackgroundWorkers", package: "swift-background-workers"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
         // Small helpers the benchmark targets share.
         .target(name: "BenchmarkSupport", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(name: "BenchEmptyMain"),
