@@ -54,6 +54,10 @@ extern char **environ;
 // The standard library's override of `CommandLine.arguments` (weak: a binary without Swift never needs it).
 extern void _swift_stdlib_overrideUnsafeArgvArgc(char **argv, int argc) __attribute__((weak));
 
+// BackgroundWorkerRuntime's preparation of a fork server (ForkServerPreparation.swift; weak: a binary without it
+// serves without it).
+extern void bgw_fork_server_prepare_runtime(void) __attribute__((weak));
+
 #define CWS_FORK_MAGIC 0x46574742u  // "BGWF"
 #define CWS_FORK_VERSION 1u
 #define CWS_FORK_MAX_MESSAGE (256 * 1024)
@@ -224,6 +228,9 @@ static int serve(int sock) {
     setup_error = ENOSYS;
 #endif
     reset_signals();
+    // The Swift worker runtime's type metadata, made once here instead of in every worker (it starts no thread:
+    // counted just below).
+    if (bgw_fork_server_prepare_runtime != NULL) bgw_fork_server_prepare_runtime();
     int threads = count_threads();
     if (setup_error == 0 && threads != 1) setup_error = EDEADLK;
     send_reply(sock, 0, (int32_t)getpid(), setup_error, -1, threads);
