@@ -1,6 +1,13 @@
 // The fork server ("zygote"): a process started from a supervisor's own binary that stops in an ELF
-// constructor, before `main` and before anything of Swift, Dispatch or Foundation has run, and forks a worker on
-// each request, so that a worker skips the loader and the libraries' start-up that an exec pays again.
+// constructor, before `main` and before anything of Swift, Dispatch or Foundation has run, and forks workers, so
+// that a worker skips the loader and the libraries' start-up that an exec pays again. It was started with
+// LD_BIND_NOW (every symbol bound once, here, not lazily in each worker), and it has the Swift worker runtime make
+// its type metadata before it serves (bgw_fork_server_prepare_runtime), so its workers inherit both.
+//
+// It forks ahead of need: each request from the supervisor asks for a *spare*, a fork that waits on a socket of
+// its own (passed to the supervisor with its pidfd) for the one request that makes it a worker. The supervisor
+// sends that request straight to the spare when a worker starts, so no fork lies between a registration and its
+// worker, and asks for the next spare at once.
 //
 // Why forking is safe here, and what would break it:
 // - The server has exactly one thread. It runs only this file's C code, entered from an ELF constructor, so no
@@ -9,19 +16,22 @@
 //   forever in the child. The server counts its threads (/proc/self/task) when it starts, after every shared
 //   library's constructor has run, and refuses to serve with more than one: a library constructor or a preload
 //   that starts a thread is caught there. After that it runs only the loop below, which starts none.
-// - The worker is created with `clone(CLONE_PARENT)`: its parent is the supervisor, not the server, so the
-//   supervisor reaps it by pid through a pidfd (CLONE_PIDFD, passed back with SCM_RIGHTS) like any child, and
-//   every rule of the supervisor applies unchanged. glibc has no fork with CLONE_PARENT, so the raw system call
-//   is used and this file does in the child what glibc's fork does there: the kernel writes the child's thread
-//   id into glibc's thread descriptor (CLONE_CHILD_SETTID at the address glibc registered with set_tid_address,
-//   read back with PR_GET_TID_ADDRESS), and the robust-futex list is registered again. glibc's fork handlers do
+// - The spare is created with `clone(CLONE_PARENT)`: its parent is the supervisor, not the server, so the
+//   supervisor reaps it by pid through a pidfd (CLONE_PIDFD, passed back with SCM_RIGHTS) like any child, as a
+//   spare that dies unused and as the worker it becomes, and every rule of the supervisor applies unchanged.
+//   glibc has no fork with CLONE_PARENT, so the raw system call is used and this file does in the child what
+//   glibc's fork does there: the kernel writes the child's thread id into glibc's thread descriptor
+//   (CLONE_CHILD_SETTID at the address glibc registered with set_tid_address, read back with
+//   PR_GET_TID_ADDRESS), and the robust-futex list is registered again. glibc's fork handlers do
 //   not run; none is needed because the server holds no lock and has called nothing that keeps per-process state
 //   (arc4random, stdio buffers) when it forks.
-// - The child then does what the supervisor's exec path gives a worker: its own session, exactly the descriptors
+// - A spare is a copy of the server (one thread, no lock held) until its request comes; it then does what the
+//   supervisor's exec path gives a worker: its own session, exactly the descriptors
 //   sent with the request (through SCM_RIGHTS) at their numbers and nothing else, default signal dispositions and
 //   an empty mask, the worker's environment and arguments (`CommandLine.arguments` through the standard library's
 //   override), and returns from the constructor into the binary's `main`, where `BuiltinWorkers.runIfRequested`
-//   takes over as after an exec.
+//   takes over as after an exec. Until it has made its session the supervisor signals it alone (it has no
+//   group yet, and has started nothing).
 // What a fork shares that an exec would not: the address-space layout, the stack-protector canary and the Swift
 // hashing seed of the server, which every worker forked from it has in common.
 #define _GNU_SOURCE
@@ -59,27 +69,34 @@ extern void _swift_stdlib_overrideUnsafeArgvArgc(char **argv, int argc) __attrib
 extern void bgw_fork_server_prepare_runtime(void) __attribute__((weak));
 
 #define CWS_FORK_MAGIC 0x46574742u  // "BGWF"
-#define CWS_FORK_VERSION 1u
+#define CWS_FORK_VERSION 2u
 #define CWS_FORK_MAX_MESSAGE (256 * 1024)
+
+// What a request asks for: of the server, a spare (a process forked ahead of need, which waits for the one request
+// that makes it a worker); of a spare, to become this worker.
+enum { CWS_FORK_KIND_WORKER = 0, CWS_FORK_KIND_SPARE = 1 };
 
 struct cws_fork_request {
     uint32_t magic;
     uint32_t version;
     uint64_t id;
+    uint32_t kind;  // CWS_FORK_KIND_SPARE (to the server) or CWS_FORK_KIND_WORKER (to a spare)
     uint32_t argc;
     uint32_t envc;
     uint32_t fd_count;
     uint32_t new_session;
-    uint32_t has_preload;  // 1: a library path follows the environment, to load in the server before forking
+    uint32_t has_preload;  // spare requests: 1 when a library path follows, to load in the server before forking
     int32_t child_fds[CWS_FORK_SERVER_MAX_FDS];
     uint32_t strings_length;  // argv, the environment, then the library to preload, each NUL-terminated
 };
 
+// The server's answer to a spare request (SCM_RIGHTS: the spare's pidfd, then the supervisor's end of the spare's
+// socket), or its hello.
 struct cws_fork_reply {
     uint32_t magic;
     uint32_t version;
     uint64_t id;  // 0: the hello
-    int32_t pid;  // the worker's pid; for the hello, the server's
+    int32_t pid;  // the spare's pid; for the hello, the server's
     int32_t error;  // an errno, or 0
     int32_t threads;  // the server's threads when it answered
 };
@@ -96,25 +113,25 @@ static int count_threads(void) {
     return count;
 }
 
-static int send_reply(int sock, uint64_t id, int32_t pid, int32_t error, int pidfd, int threads) {
+static int send_reply(int sock, uint64_t id, int32_t pid, int32_t error, const int *passed, int passed_count, int threads) {
     struct cws_fork_reply reply = {CWS_FORK_MAGIC, CWS_FORK_VERSION, id, pid, error, threads};
     struct iovec vector = {&reply, sizeof reply};
     union {
-        char buffer[CMSG_SPACE(sizeof(int))];
+        char buffer[CMSG_SPACE(sizeof(int) * 2)];
         struct cmsghdr align;
     } control;
     struct msghdr message = {0};
     message.msg_iov = &vector;
     message.msg_iovlen = 1;
-    if (pidfd >= 0) {
+    if (passed_count > 0) {
         memset(&control, 0, sizeof control);
         message.msg_control = control.buffer;
-        message.msg_controllen = sizeof control.buffer;
+        message.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)passed_count);
         struct cmsghdr *header = CMSG_FIRSTHDR(&message);
         header->cmsg_level = SOL_SOCKET;
         header->cmsg_type = SCM_RIGHTS;
-        header->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(header), &pidfd, sizeof(int));
+        header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)passed_count);
+        memcpy(CMSG_DATA(header), passed, sizeof(int) * (size_t)passed_count);
     }
     for (;;) {
         if (sendmsg(sock, &message, MSG_NOSIGNAL) >= 0) return 0;
@@ -212,7 +229,83 @@ static int strings_are_complete(const char *strings, uint32_t length, uint32_t c
     return 1;
 }
 
-/// The server's loop. Returns only in a forked worker (0), which then goes on into `main`.
+/// Receives one request and the descriptors sent with it (close-on-exec until a worker's dup2 puts them in place).
+/// Returns recvmsg's result.
+static ssize_t receive_request(int sock, char *buffer, int *fds, int *fd_count, int *flags) {
+    union {
+        char buffer[CMSG_SPACE(sizeof(int) * CWS_FORK_SERVER_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct iovec vector = {buffer, CWS_FORK_MAX_MESSAGE};
+    struct msghdr message = {0};
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    message.msg_control = control.buffer;
+    message.msg_controllen = sizeof control.buffer;
+    ssize_t received;
+    do {
+        received = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
+    } while (received < 0 && errno == EINTR);
+    *fd_count = 0;
+    *flags = received > 0 ? message.msg_flags : 0;
+    if (received <= 0) return received;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        int n = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(int));
+            if (*fd_count < CWS_FORK_SERVER_MAX_FDS) {
+                fds[(*fd_count)++] = fd;
+            } else {
+                close(fd);
+                *flags |= MSG_CTRUNC;
+            }
+        }
+    }
+    return received;
+}
+
+/// What is wrong with a request of `kind` received in `received` bytes with `fd_count` descriptors: EPROTO for a
+/// malformed one, EINVAL for a descriptor number out of range, or 0.
+static int request_problem(const struct cws_fork_request *request, ssize_t received, int flags, int fd_count, uint32_t kind) {
+    if ((size_t)received < sizeof *request || request->magic != CWS_FORK_MAGIC || request->version != CWS_FORK_VERSION ||
+        request->kind != kind || (flags & (MSG_TRUNC | MSG_CTRUNC)) || request->fd_count != (uint32_t)fd_count ||
+        request->strings_length != (uint32_t)(received - (ssize_t)sizeof *request) || request->has_preload > 1 ||
+        !strings_are_complete((const char *)(request + 1), request->strings_length,
+                              request->argc + request->envc + request->has_preload)) {
+        return EPROTO;
+    }
+    if (kind == CWS_FORK_KIND_WORKER && (request->argc == 0 || request->has_preload)) return EPROTO;
+    if (kind == CWS_FORK_KIND_SPARE && (request->argc != 0 || request->envc != 0 || fd_count != 0)) return EPROTO;
+    for (int i = 0; i < fd_count; i++) {
+        if (request->child_fds[i] < 0 || request->child_fds[i] > 1023) return EINVAL;
+    }
+    return 0;
+}
+
+/// A spare: waits on its own socket for the one request that makes it a worker, then becomes that worker and
+/// returns 0 (into `main`). Ends, without a trace, when the supervisor closes the socket without a request (it
+/// stops, or no longer needs this spare), and with 127 on a malformed request. Until then it is a copy of the
+/// server: one thread, nothing of a worker's, in the server's process group (whose guardian kills it with the
+/// server's group).
+static int be_spare(int sock, char *buffer) {
+    int fds[CWS_FORK_SERVER_MAX_FDS];
+    int fd_count = 0;
+    int flags = 0;
+    ssize_t received = receive_request(sock, buffer, fds, &fd_count, &flags);
+    if (received <= 0) _exit(0);
+    const struct cws_fork_request *request = (const struct cws_fork_request *)buffer;
+    if (request_problem(request, received, flags, fd_count, CWS_FORK_KIND_WORKER) != 0) _exit(127);
+    close(sock);
+    // The request's buffer stays allocated: the worker's argv and environ point into it.
+    if (become_worker(request, buffer + sizeof *request, fds) != 0) _exit(127);
+    return 0;
+}
+
+/// The server's loop: forks a spare on each request and passes it to the supervisor, which sends the spare its
+/// worker directly, so that no fork is on the way from a registration to its worker. Returns only in a spare
+/// that became a worker (0), which then goes on into `main`.
 static int serve(int sock) {
     int *tid_address = NULL;
     void *robust_head = NULL;
@@ -233,71 +326,43 @@ static int serve(int sock) {
     if (bgw_fork_server_prepare_runtime != NULL) bgw_fork_server_prepare_runtime();
     int threads = count_threads();
     if (setup_error == 0 && threads != 1) setup_error = EDEADLK;
-    send_reply(sock, 0, (int32_t)getpid(), setup_error, -1, threads);
+    send_reply(sock, 0, (int32_t)getpid(), setup_error, NULL, 0, threads);
     if (setup_error != 0) _exit(3);
 
     char *buffer = malloc(CWS_FORK_MAX_MESSAGE);
     if (buffer == NULL) _exit(3);
     for (;;) {
-        union {
-            char buffer[CMSG_SPACE(sizeof(int) * CWS_FORK_SERVER_MAX_FDS)];
-            struct cmsghdr align;
-        } control;
-        struct iovec vector = {buffer, CWS_FORK_MAX_MESSAGE};
-        struct msghdr message = {0};
-        message.msg_iov = &vector;
-        message.msg_iovlen = 1;
-        message.msg_control = control.buffer;
-        message.msg_controllen = sizeof control.buffer;
-        ssize_t received = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
-        if (received < 0 && errno == EINTR) continue;
-        if (received <= 0) _exit(0);  // the supervisor closed its end, or died
-
         int fds[CWS_FORK_SERVER_MAX_FDS];
         int fd_count = 0;
-        for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
-            if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
-            int n = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            for (int i = 0; i < n && fd_count < CWS_FORK_SERVER_MAX_FDS; i++) {
-                memcpy(&fds[fd_count++], CMSG_DATA(header) + i * sizeof(int), sizeof(int));
-            }
-        }
+        int flags = 0;
+        ssize_t received = receive_request(sock, buffer, fds, &fd_count, &flags);
+        if (received <= 0) _exit(0);  // the supervisor closed its end, or died
         const struct cws_fork_request *request = (const struct cws_fork_request *)buffer;
         uint64_t id = received >= (ssize_t)sizeof *request ? request->id : 0;
-        if ((size_t)received < sizeof *request || request->magic != CWS_FORK_MAGIC || request->version != CWS_FORK_VERSION ||
-            (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || request->fd_count != (uint32_t)fd_count ||
-            request->argc == 0 || request->strings_length != (uint32_t)(received - (ssize_t)sizeof *request) ||
-            request->has_preload > 1 ||
-            !strings_are_complete(buffer + sizeof *request, request->strings_length,
-                                  request->argc + request->envc + request->has_preload)) {
-            close_all(fds, fd_count);
-            send_reply(sock, id, -1, EPROTO, -1, threads);
-            continue;
-        }
-        int validity = 0;
-        for (int i = 0; i < fd_count; i++) {
-            if (request->child_fds[i] < 0 || request->child_fds[i] > 1023) validity = EINVAL;
-        }
-        if (validity != 0) {
-            close_all(fds, fd_count);
-            send_reply(sock, id, -1, validity, -1, threads);
+        int problem = request_problem(request, received, flags, fd_count, CWS_FORK_KIND_SPARE);
+        close_all(fds, fd_count);  // a spare request passes none
+        if (problem != 0) {
+            send_reply(sock, id, -1, problem, NULL, 0, threads);
             continue;
         }
         if (request->has_preload) {
-            // A library worker's library, loaded here once so that each worker finds it loaded. Its constructors
-            // run in this process: one that starts a thread makes forking unsafe from now on, so the server
-            // says so and ends (the supervisor then execs). A library that cannot be loaded is left to the
+            // A library worker's library, loaded here once so that each spare made from now on has it loaded. Its
+            // constructors run in this process: one that starts a thread makes forking unsafe from now on, so the
+            // server says so and ends (the supervisor then execs). A library that cannot be loaded is left to the
             // worker, which reports why as an exec'd one does.
-            const char *cursor = buffer + sizeof *request;
-            for (uint32_t i = 0; i < request->argc + request->envc; i++) cursor += strlen(cursor) + 1;
-            if (dlopen(cursor, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD) == NULL && dlopen(cursor, RTLD_NOW | RTLD_LOCAL) != NULL) {
+            const char *library = buffer + sizeof *request;
+            if (dlopen(library, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD) == NULL && dlopen(library, RTLD_NOW | RTLD_LOCAL) != NULL) {
                 threads = count_threads();
                 if (threads != 1) {
-                    close_all(fds, fd_count);
-                    send_reply(sock, id, -1, EDEADLK, -1, threads);
+                    send_reply(sock, id, -1, EDEADLK, NULL, 0, threads);
                     _exit(4);
                 }
             }
+        }
+        int pair[2];
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
+            send_reply(sock, id, -1, errno, NULL, 0, threads);
+            continue;
         }
 
         int pidfd = -1;
@@ -315,14 +380,15 @@ static int serve(int sock) {
         if (pid == 0) {
             if (robust_head != NULL) syscall(SYS_set_robust_list, robust_head, robust_length);
             close(sock);
-            // The request's buffer stays allocated: the worker's argv and environ point into it.
-            if (become_worker(request, buffer + sizeof *request, fds) != 0) _exit(127);
-            return 0;
+            close(pair[0]);
+            return be_spare(pair[1], buffer);
         }
         int error = pid < 0 ? errno : 0;
-        close_all(fds, fd_count);
-        send_reply(sock, id, pid < 0 ? -1 : (int32_t)pid, error, pid < 0 ? -1 : pidfd, threads);
+        close(pair[1]);
+        int passed[2] = {pidfd, pair[0]};
+        send_reply(sock, id, pid < 0 ? -1 : (int32_t)pid, error, passed, pid < 0 ? 0 : 2, threads);
         if (pidfd >= 0) close(pidfd);
+        close(pair[0]);
     }
 }
 
@@ -346,10 +412,12 @@ int cws_fork_server_socketpair(int fds[2]) {
     return 0;
 }
 
-/// Reads one reply (and its pidfd) within `timeout_ms`. Returns 0, ETIMEDOUT, EPIPE when the server is gone,
-/// EPROTO for a malformed reply, or another errno.
-static int read_reply(int sock, int timeout_ms, struct cws_fork_reply *reply, int *pidfd_out) {
-    *pidfd_out = -1;
+/// Reads one reply (and the descriptors passed with it: a spare's pidfd and socket) within `timeout_ms`. Returns 0,
+/// ETIMEDOUT, EPIPE when the server is gone, EPROTO for a malformed reply, EPROTONOSUPPORT for one of another
+/// version of the protocol, or another errno.
+static int read_reply(int sock, int timeout_ms, struct cws_fork_reply *reply, int passed[2]) {
+    passed[0] = -1;
+    passed[1] = -1;
     struct pollfd entry = {sock, POLLIN, 0};
     for (;;) {
         int ready = poll(&entry, 1, timeout_ms);
@@ -372,34 +440,41 @@ static int read_reply(int sock, int timeout_ms, struct cws_fork_reply *reply, in
     do {
         received = recvmsg(sock, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     } while (received < 0 && errno == EINTR);
+    if (received < 0 && errno == EAGAIN) return ETIMEDOUT;  // read by someone else first
     if (received < 0) return errno == ECONNRESET ? EPIPE : errno;
     if (received == 0) return EPIPE;
+    int count = 0;
     for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
         if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
         int n = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
         for (int i = 0; i < n; i++) {
             int fd;
             memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(int));
-            if (*pidfd_out < 0) {
-                *pidfd_out = fd;
+            if (count < 2) {
+                passed[count++] = fd;
             } else {
                 close(fd);
             }
         }
     }
     if ((size_t)received != sizeof *reply || reply->magic != CWS_FORK_MAGIC || reply->version != CWS_FORK_VERSION) {
-        if (*pidfd_out >= 0) close(*pidfd_out);
-        *pidfd_out = -1;
-        return EPROTO;
+        for (int i = 0; i < 2; i++) {
+            if (passed[i] >= 0) close(passed[i]);
+            passed[i] = -1;
+        }
+        // A server built from another version of this file: its magic is right, its version not.
+        return (size_t)received >= 2 * sizeof(uint32_t) && reply->magic == CWS_FORK_MAGIC ? EPROTONOSUPPORT : EPROTO;
     }
     return 0;
 }
 
 int cws_fork_server_hello(int sock, int timeout_ms, pid_t *pid_out, int *threads_out, int *error_out) {
     struct cws_fork_reply reply;
-    int pidfd;
-    int err = read_reply(sock, timeout_ms, &reply, &pidfd);
-    if (pidfd >= 0) close(pidfd);
+    int passed[2];
+    int err = read_reply(sock, timeout_ms, &reply, passed);
+    for (int i = 0; i < 2; i++) {
+        if (passed[i] >= 0) close(passed[i]);
+    }
     if (err != 0) return err;
     if (reply.id != 0) return EPROTO;
     *pid_out = reply.pid;
@@ -408,22 +483,23 @@ int cws_fork_server_hello(int sock, int timeout_ms, pid_t *pid_out, int *threads
     return 0;
 }
 
-int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const envp[], const char *preload,
-                         int new_session, const int *child_fds, const int *parent_fds, int fd_count, int timeout_ms,
-                         pid_t *pid_out, int *pidfd_out, int *threads_out) {
-    *pid_out = -1;
-    *pidfd_out = -1;
-    if (fd_count < 0 || fd_count > CWS_FORK_SERVER_MAX_FDS || argv == NULL || argv[0] == NULL) return EINVAL;
+/// Sends a request of `kind` on `sock` without waiting (SOCK_SEQPACKET: one message, whole or not at all).
+static int send_request(int sock, uint32_t kind, uint64_t id, char *const argv[], char *const envp[], const char *preload,
+                        int new_session, const int *child_fds, const int *parent_fds, int fd_count) {
+    if (fd_count < 0 || fd_count > CWS_FORK_SERVER_MAX_FDS) return EINVAL;
     struct cws_fork_request request = {0};
     request.magic = CWS_FORK_MAGIC;
     request.version = CWS_FORK_VERSION;
     request.id = id;
+    request.kind = kind;
     request.fd_count = (uint32_t)fd_count;
     request.new_session = new_session ? 1 : 0;
     size_t length = 0;
-    for (char *const *arg = argv; *arg != NULL; arg++) {
-        length += strlen(*arg) + 1;
-        request.argc++;
+    if (argv != NULL) {
+        for (char *const *arg = argv; *arg != NULL; arg++) {
+            length += strlen(*arg) + 1;
+            request.argc++;
+        }
     }
     if (envp != NULL) {
         for (char *const *variable = envp; *variable != NULL; variable++) {
@@ -442,17 +518,15 @@ int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const 
     if (message_buffer == NULL) return ENOMEM;
     memcpy(message_buffer, &request, sizeof request);
     char *cursor = message_buffer + sizeof request;
-    for (char *const *arg = argv; *arg != NULL; arg++) {
-        size_t n = strlen(*arg) + 1;
-        memcpy(cursor, *arg, n);
+    for (uint32_t i = 0; i < request.argc; i++) {
+        size_t n = strlen(argv[i]) + 1;
+        memcpy(cursor, argv[i], n);
         cursor += n;
     }
-    if (envp != NULL) {
-        for (char *const *variable = envp; *variable != NULL; variable++) {
-            size_t n = strlen(*variable) + 1;
-            memcpy(cursor, *variable, n);
-            cursor += n;
-        }
+    for (uint32_t i = 0; i < request.envc; i++) {
+        size_t n = strlen(envp[i]) + 1;
+        memcpy(cursor, envp[i], n);
+        cursor += n;
     }
     if (preload != NULL) memcpy(cursor, preload, strlen(preload) + 1);
     union {
@@ -480,56 +554,71 @@ int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const 
     int send_error = sent < 0 ? errno : 0;
     free(message_buffer);
     if (send_error != 0) return send_error == ECONNRESET || send_error == ENOTCONN ? EPIPE : send_error;
+    return 0;
+}
 
-    // Replies to earlier requests that timed out are skipped (their workers are killed by the caller's
-    // restart of the server; see cws_fork_server_drain).
-    for (;;) {
-        struct cws_fork_reply reply;
-        int pidfd;
-        int err = read_reply(sock, timeout_ms, &reply, &pidfd);
-        if (err != 0) return err;
-        if (reply.id != id) {
-            if (pidfd >= 0) {
-                syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
-                close(pidfd);
-            }
-            continue;
+int cws_fork_server_request_spare(int sock, uint64_t id, const char *preload) {
+    return send_request(sock, CWS_FORK_KIND_SPARE, id, NULL, NULL, preload, 0, NULL, NULL, 0);
+}
+
+int cws_fork_server_read_spare(int sock, int timeout_ms, uint64_t *id_out, pid_t *pid_out, int *pidfd_out,
+                               int *spare_socket_out, int *threads_out) {
+    *id_out = 0;
+    *pid_out = -1;
+    *pidfd_out = -1;
+    *spare_socket_out = -1;
+    struct cws_fork_reply reply;
+    int passed[2];
+    int err = read_reply(sock, timeout_ms, &reply, passed);
+    if (err != 0) return err;
+    *id_out = reply.id;
+    *threads_out = reply.threads;
+    if (reply.id == 0 || reply.error != 0 || reply.pid <= 0 || passed[0] < 0 || passed[1] < 0) {
+        if (passed[0] >= 0) {
+            syscall(SYS_pidfd_send_signal, passed[0], SIGKILL, NULL, 0);
+            close(passed[0]);
         }
-        *threads_out = reply.threads;
-        if (reply.error != 0 || reply.pid <= 0) {
-            if (pidfd >= 0) close(pidfd);
-            return reply.error != 0 ? reply.error : EPROTO;
-        }
-        if (pidfd < 0) {
-            // A worker without a pidfd cannot be watched: stopped at once (the caller reaps it by pid).
+        if (passed[1] >= 0) close(passed[1]);
+        if (reply.id == 0 || reply.error != 0) return reply.id == 0 ? EPROTO : reply.error;
+        // A spare without its pidfd or socket cannot be used or watched: stopped at once (the caller reaps it).
+        if (reply.pid > 0) {
             kill(reply.pid, SIGKILL);
             *pid_out = reply.pid;
-            return EPROTO;
         }
-        *pid_out = reply.pid;
-        *pidfd_out = pidfd;
-        return 0;
+        return EPROTO;
     }
+    *pid_out = reply.pid;
+    *pidfd_out = passed[0];
+    *spare_socket_out = passed[1];
+    return 0;
+}
+
+int cws_fork_server_send_worker(int spare_socket, uint64_t id, char *const argv[], char *const envp[], int new_session,
+                                const int *child_fds, const int *parent_fds, int fd_count) {
+    if (argv == NULL || argv[0] == NULL) return EINVAL;
+    return send_request(spare_socket, CWS_FORK_KIND_WORKER, id, argv, envp, NULL, new_session, child_fds, parent_fds,
+                        fd_count);
 }
 
 int cws_fork_server_drain(int sock, int timeout_ms, pid_t *pids, int *pidfds, int capacity) {
     int count = 0;
     for (;;) {
         struct cws_fork_reply reply;
-        int pidfd;
-        int err = read_reply(sock, timeout_ms, &reply, &pidfd);
+        int passed[2];
+        int err = read_reply(sock, timeout_ms, &reply, passed);
         if (err != 0) return count;
+        if (passed[1] >= 0) close(passed[1]);
         if (reply.pid > 0 && reply.id != 0) {
-            if (pidfd >= 0) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+            if (passed[0] >= 0) syscall(SYS_pidfd_send_signal, passed[0], SIGKILL, NULL, 0);
             if (count < capacity) {
                 pids[count] = reply.pid;
-                pidfds[count] = pidfd;
+                pidfds[count] = passed[0];
                 count++;
-            } else if (pidfd >= 0) {
-                close(pidfd);
+            } else if (passed[0] >= 0) {
+                close(passed[0]);
             }
-        } else if (pidfd >= 0) {
-            close(pidfd);
+        } else if (passed[0] >= 0) {
+            close(passed[0]);
         }
     }
 }

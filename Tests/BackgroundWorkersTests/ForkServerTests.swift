@@ -124,6 +124,70 @@ extension SupervisorTests {
             }
         }
 
+        @Test(
+            "a forked worker terminated at once, before it has made its process group, still gets SIGTERM and ends",
+            .timeLimit(.minutes(1))
+        )
+        func terminatedAtOnce() async throws {
+            // The worker makes its own session as its first steps after the fork, while the supervisor already
+            // holds its pid; a SIGTERM to its group that comes before that finds no group. Seen lost: the worker
+            // ran on until the grace period's SIGKILL, 10 s later.
+            try await Self.withBuiltinSupervisor(forking: true) { supervisor in
+                var worker = BackgroundWorker(name: "brief", entryPoint: .builtin("serve"))
+                worker.reportsReadiness = true
+                worker.restartInterval = .never
+                for _ in 0..<200 {
+                    let handle = try await supervisor.register(worker)
+                    #expect(await supervisor.isForked(handle))
+                    await handle.terminate()
+                    #expect(try await handle.waitForShutdown() == .stopped)
+                    // SIGTERM ended it (before or after the runtime took it over), not the grace period's SIGKILL.
+                    let detail = await handle.detail
+                    #expect(
+                        detail == .unregistered(.terminated, lastExit: .exited(1))
+                            || detail == .unregistered(.terminated, lastExit: .signaled(.terminate)),
+                        "\(detail)"
+                    )
+                }
+            }
+        }
+
+        @Test("a spare killed before it is used is reaped by the supervisor, and the next built-in is forked all the same")
+        func spareKilled() async throws {
+            try await Self.withBuiltinSupervisor(forking: true) { supervisor in
+                let spare = try #require(await supervisor.forkServerSparePID())
+                // A spare is a copy of the server: one thread, and the supervisor's child.
+                #expect(threads(of: spare) == 1)
+                #expect(procStat(spare)?.parent == getpid())
+                kill(spare, SIGKILL)
+                // Until it is dead (WNOWAIT: reaping it is the supervisor's job, which its pidfd watcher may have
+                // done already: ECHILD).
+                var info = siginfo_t()
+                let waited = waitid(P_PID, id_t(spare), &info, WEXITED | WNOWAIT)
+                #expect(waited == 0 || errno == ECHILD)
+                var worker = BackgroundWorker(name: "after-the-spare", entryPoint: .builtin("serve"))
+                worker.reportsReadiness = true
+                worker.restartInterval = .never
+                let handle = try await supervisor.register(worker)
+                let pid = try await handle.waitForReady()
+                #expect(pid != spare)
+                #expect(await supervisor.isForked(handle))
+                #expect(procStat(spare) == nil, "the killed spare \(spare) was not reaped: \(String(describing: procStat(spare)))")
+                await handle.terminate()
+                #expect(try await handle.waitForShutdown() == .stopped)
+            }
+        }
+
+        @Test("a supervisor that stops ends its fork server's spare and reaps it")
+        func spareEndsWithSupervisor() async throws {
+            var spare: Int32 = 0
+            try await Self.withBuiltinSupervisor(forking: true) { supervisor in
+                spare = try #require(await supervisor.forkServerSparePID())
+                #expect(procStat(spare)?.parent == getpid())
+            }
+            #expect(spare > 0 && procStat(spare) == nil, "spare \(spare) is left: \(String(describing: procStat(spare)))")
+        }
+
         @Test("the fork server's memory and descriptors stay flat over many forks; no zombie, nothing exec'd")
         func flatOverForks() async throws {
             // 500 in the suite; FORK_CYCLES=10000 for RELIABILITY.md's figure.
@@ -174,6 +238,33 @@ extension SupervisorTests {
                 let handle = try await supervisor.register(worker)
                 #expect(try await handle.waitForShutdown() == .stopped)
                 #expect(await supervisor.forkServedStarts == (forked: 0, execd: 1))
+            }
+        }
+
+        @Test(
+            "a fork server built with another version of the protocol is given up at once, with the reason; built-ins exec'd",
+            .timeLimit(.minutes(1))
+        )
+        func otherProtocolVersion() async throws {
+            // A binary that answers as a fork server of protocol version 1 would: its hello, then nothing. Seen
+            // before the fix: waitForForkServer() never returned (the hello deadline was cancelled on the first
+            // reply, whatever it said).
+            try await withTemporaryFolder { folder in
+            let script = folder + "/old-fork-server"
+            let hello = "BGWF\\001\\000\\000\\000" + String(repeating: "\\000", count: 24)
+            #expect(FileManagerLite.writeExecutable(script, "#!/bin/sh\nprintf '\(hello)' >&3\nexec sleep 30\n"))
+            try await withSupervisor(configure: { configuration in
+                configuration.builtinExecutable = script
+                configuration.forkServer = true
+            }) { supervisor in
+                #expect(await supervisor.waitForForkServer() == false)
+                let state = await supervisor.forkServer?.state
+                guard case .disabled(let reason)? = state else {
+                    Issue.record("the fork server is \(String(describing: state))")
+                    return
+                }
+                #expect(reason.contains("speaks another version of the fork server's protocol"), "\(reason)")
+            }
             }
         }
 

@@ -335,6 +335,11 @@ extension SupervisorTests {
                 let handle = try await supervisor.register(worker)
                 _ = try await handle.waitForReady()  // the function saw BackgroundWorker.current, argument and extra
                 #expect(await supervisor.isForked(handle) == (start == .forkServer))
+                if start == .forkServer {
+                    // Loaded once, in the server, before the spare that became this worker was forked.
+                    let server = try #require(await supervisor.libraryForkServerPID)
+                    #expect(mappedFiles(of: server).contains { $0.hasSuffix("/libExampleLibraryWorker.so") })
+                }
                 await handle.terminate()
                 #expect(try await handle.waitForShutdown() == .stopped)
                 #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))

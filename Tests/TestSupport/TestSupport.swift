@@ -148,6 +148,19 @@ public func residentKiB(of pid: pid_t? = nil) -> Int {
     return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
 }
 
+/// The files a process has mapped (the paths in /proc/PID/maps), each once.
+public func mappedFiles(of pid: pid_t) -> Set<String> {
+    guard let file = fopen("/proc/\(pid)/maps", "re") else { return [] }
+    defer { fclose(file) }
+    var files: Set<String> = []
+    var buffer = [CChar](repeating: 0, count: 4096)
+    while fgets(&buffer, 4096, file) != nil {
+        let line = String(decoding: buffer.prefix { $0 != 0 && $0 != 10 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if let slash = line.firstIndex(of: "/") { files.insert(String(line[slash...])) }
+    }
+    return files
+}
+
 /// Starts `executable` detached on a loop of its own, its standard output to a pipe, and returns the loop, the
 /// process and the lines it wrote up to and including `last`. Shut the loop down when done.
 public func startProgram(

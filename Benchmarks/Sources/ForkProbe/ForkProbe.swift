@@ -36,7 +36,7 @@ struct ForkProbe {
                     _ = try await handle.waitForShutdown()
                 }
                 ready.sort()
-                print("register→ready p10 \(ready[count / 10]) p50 \(ready[count / 2]) p90 \(ready[count * 9 / 10])")
+                print("register→ready p10 \(ready[count / 10]) p25 \(ready[count / 4]) p50 \(ready[count / 2]) p90 \(ready[count * 9 / 10])")
             }
         }.value
     }

@@ -9,15 +9,21 @@ import Glibc
 
 /// The supervisor's fork server (``WorkerSupervisor/Configuration/forkServer``): a process started from this
 /// very binary (`/proc/self/exe --bgworker-fork-server 3`) that stops in an ELF constructor before `main`, with
-/// one thread, and forks a built-in worker on each request, so that the worker skips the loader and the
-/// libraries' start-up an exec pays again. The worker is this process's child (`CLONE_PARENT`) with a pidfd
-/// passed back, so it is watched and reaped like a spawned one and every rule applies unchanged. How and why
-/// the fork is safe: `Sources/CWorkerSupport/ForkServer.c`.
+/// one thread, and forks on request, so that a worker skips the loader and the libraries' start-up an exec pays
+/// again. How and why the fork is safe: `Sources/CWorkerSupport/ForkServer.c`.
 ///
-/// Requests are synchronous, as a `posix_spawn` is: the loop thread waits for the pid (a fork takes a fraction
-/// of a millisecond). When the server is not ready, has died, answers late or refuses, the worker is started
-/// through exec instead and nothing is lost; a server that died is started again, up to
-/// ``maxRestartsPerMinute`` times a minute, after which exec is used and the reason logged. Loop thread only.
+/// The server forks ahead of need: it keeps the supervisor one *spare*, a process that waits on a socket of its
+/// own for the one request that makes it a worker. A start sends the spare its worker (arguments, environment,
+/// descriptors) and is done: no fork, and no answer to wait for, is on the way from a registration to its worker.
+/// The server then forks the next spare while the worker starts. The spare is this process's child
+/// (`CLONE_PARENT`) with a pidfd passed along, so the worker is watched and reaped like a spawned one and every
+/// rule applies unchanged; a spare that dies unused is reaped here.
+///
+/// When no spare is there (the first start, a burst of starts), one is asked for and waited for, as a
+/// `posix_spawn` is: the loop thread waits for it (a fork takes a fraction of a millisecond). When the server is
+/// not ready, has died, answers late or refuses, the worker is started through exec instead and nothing is lost;
+/// a server that died is started again, up to ``maxRestartsPerMinute`` times a minute, after which exec is used
+/// and the reason logged. Loop thread only.
 final class ForkServer: @unchecked Sendable {
     // @unchecked Sendable: read and written only on the supervisor's loop thread (its actor's executor).
     /// What the server can do now.
@@ -55,7 +61,8 @@ final class ForkServer: @unchecked Sendable {
     private(set) var state: State = .stopped
     private var socket: Int32 = -1
     private var process: UVChildProcess?
-    private var helloWatcher: UVReadableWatcher?
+    /// Watches the server's socket: for its hello, then for spares it made.
+    private var socketWatcher: UVReadableWatcher?
     /// Gives up on a server that neither says hello nor exits within ``helloTimeout``.
     private var helloDeadline: UVTimer?
     /// How long a new server may take to say hello (it is exec'd: a few milliseconds).
@@ -73,6 +80,25 @@ final class ForkServer: @unchecked Sendable {
     private let onOrphans: ([(pid: Int32, pidfd: Int32)]) -> Void
     private var readyWaiters: [CheckedContinuation<State, Never>] = []
     private var changeWaiters: [CheckedContinuation<State, Never>] = []
+
+    /// A process forked ahead of need, waiting on its socket for the worker it becomes.
+    private struct Spare {
+        let pid: Int32
+        let pidfd: Int32
+        /// This process's end of the spare's socket.
+        let socket: Int32
+        /// The request that made it: every library a request up to this one asked for is loaded in it.
+        let request: UInt64
+        /// Watches its pidfd while it waits: a spare that dies unused is reaped.
+        let watcher: UVReadableWatcher?
+    }
+
+    /// The spares made and not yet used (usually one).
+    private var spares: [Spare] = []
+    /// The spare requests the server has not answered yet.
+    private var pendingSpares: Set<UInt64> = []
+    /// For each library a spare request asked the running server to load, the first such request.
+    private var preloads: [String: UInt64] = [:]
 
     init(
         loop: UVEventLoop,
@@ -146,7 +172,7 @@ final class ForkServer: @unchecked Sendable {
         self.greeted = false
         self.socket = pair[0]
         self.process = process
-        self.watchHello()
+        self.watchSocket()
         self.helloDeadline = try? self.loop.scheduleTimer(after: Self.helloTimeout) { [weak self] in
             guard let self, case .starting = self.state else { return }
             self.disable("'\(self.executable)' did not say hello within \(Self.helloTimeout): it is not a fork server (it does not link BackgroundWorkerRuntime)")
@@ -169,52 +195,175 @@ final class ForkServer: @unchecked Sendable {
         await withCheckedContinuation(isolation: isolation) { self.changeWaiters.append($0) }
     }
 
-    /// Forks a worker with `options`' arguments, environment and descriptors (its executable is this binary).
-    /// Returns the child, watched on the loop, or nil with the reason when exec must be used instead.
+    /// Starts a worker with `options`' arguments, environment and descriptors (its executable is this binary) in a
+    /// spare. Returns the worker, watched on the loop, or nil with the reason when exec must be used instead.
     func fork(
         _ options: UVSpawnOptions,
         preloading library: String? = nil,
         onExit: @escaping (UVExitStatus) -> Void
     ) -> Result<UVChildProcess, ForkServerRefusal> {
-        guard case .ready = self.state else { return .failure(ForkServerRefusal("the fork server is \(self.state)")) }
-        let id = self.nextRequest
-        self.nextRequest += 1
         let children = options.descriptors.keys.sorted()
         let parents = children.map { options.descriptors[$0]! }
+        // A spare that died unused (its socket is closed) gets one more try with the next one.
+        for _ in 0..<2 {
+            let spare: Spare
+            switch self.takeSpare(preloading: library) {
+            case .success(let taken): spare = taken
+            case .failure(let refusal): return .failure(refusal)
+            }
+            let id = self.nextRequest
+            self.nextRequest += 1
+            let status = options.withArgumentsAndEnvironment { argv, envp in
+                cws_fork_server_send_worker(
+                    spare.socket, id, argv, envp ?? environ, options.detached ? 1 : 0, children, parents, Int32(children.count)
+                )
+            }
+            // Sent or not, the spare's socket is done with: a spare that got its request has read what it needs.
+            _ = cws_close(spare.socket)
+            self.requestSpareIfNone()
+            guard status == 0 else {
+                self.discard(spare)
+                if status == EPIPE { continue }
+                return .failure(ForkServerRefusal("the fork server's spare could not take the worker: \(String(cString: strerror(status)))"))
+            }
+            do {
+                let name = options.argumentZero ?? "worker"
+                return .success(try self.loop.adoptChild(pid: spare.pid, pidfd: spare.pidfd, name: name, detached: options.detached, onExit: onExit))
+            } catch {
+                self.onOrphans([(spare.pid, spare.pidfd)])
+                return .failure(ForkServerRefusal("the forked worker cannot be watched: \(error)"))
+            }
+        }
+        return .failure(ForkServerRefusal("the fork server's spares ended before they were used"))
+    }
+
+    /// The pid of the spare that the next start uses, if one is there (for tests).
+    var sparePID: Int32? { self.spares.first?.pid }
+
+    /// A spare that has `library` loaded (when not nil), taken from the spares.
+    private func takeSpare(preloading library: String?) -> Result<Spare, ForkServerRefusal> {
+        self.readySpare(preloading: library).map { index in
+            let spare = self.spares.remove(at: index)
+            spare.watcher?.cancel()
+            return spare
+        }
+    }
+
+    /// The index of a spare that has `library` loaded (when not nil): one made, or one asked for and waited for.
+    private func readySpare(preloading library: String?) -> Result<Int, ForkServerRefusal> {
+        guard case .ready = self.state else { return .failure(ForkServerRefusal("the fork server is \(self.state)")) }
+        if let library, self.preloads[library] == nil {
+            // Not loaded yet: spares made before the request that loads it lack it.
+            if let failure = self.requestSpare(preloading: library) { return .failure(failure) }
+        }
+        let required = library.flatMap { self.preloads[$0] } ?? 0
+        let deadline = ContinuousClock.now + .milliseconds(Int(Self.requestTimeoutMilliseconds))
+        while true {
+            if let index = self.spares.firstIndex(where: { $0.request >= required }) { return .success(index) }
+            if !self.pendingSpares.contains(where: { $0 >= required }) {
+                if let failure = self.requestSpare(preloading: nil) { return .failure(failure) }
+            }
+            let left = ContinuousClock.now.duration(to: deadline)
+            let milliseconds = max(1, Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
+            if let failure = self.readSpare(timeoutMilliseconds: milliseconds, waiting: true) { return .failure(failure) }
+        }
+    }
+
+    /// The pid of a spare ready for a built-in worker, asked for and waited for when none is there; nil when the
+    /// server cannot make one (for tests).
+    func readySparePID() -> Int32? {
+        guard case .success(let index) = self.readySpare(preloading: nil) else { return nil }
+        return self.spares[index].pid
+    }
+
+    /// Asks for a spare when none is there or coming (after a start, and when the server is ready).
+    private func requestSpareIfNone() {
+        guard case .ready = self.state, self.spares.isEmpty, self.pendingSpares.isEmpty else { return }
+        _ = self.requestSpare(preloading: nil)
+    }
+
+    /// Sends a spare request; returns why exec must be used, or nil.
+    private func requestSpare(preloading library: String?) -> ForkServerRefusal? {
+        let id = self.nextRequest
+        self.nextRequest += 1
+        let status = cws_fork_server_request_spare(self.socket, id, library)
+        guard status == 0 else {
+            let reason = String(cString: strerror(status))
+            self.logger.warning("the fork server did not take a request (\(reason)); restarting it", metadata: ["forkServer.pid": "\(self.pid ?? 0)"])
+            self.kill()
+            return ForkServerRefusal("the fork server could not be asked: \(reason)")
+        }
+        self.pendingSpares.insert(id)
+        if let library, self.preloads[library] == nil { self.preloads[library] = id }
+        return nil
+    }
+
+    /// Reads one answer to a spare request, waiting up to `timeoutMilliseconds`: keeps the spare; returns why exec
+    /// must be used (for a start `waiting` for it), or nil.
+    @discardableResult
+    private func readSpare(timeoutMilliseconds: Int32, waiting: Bool) -> ForkServerRefusal? {
+        var id: UInt64 = 0
         var pid: pid_t = -1
         var pidfd: Int32 = -1
+        var socket: Int32 = -1
         var threads: Int32 = 0
-        let status = options.withArgumentsAndEnvironment { argv, envp in
-            cws_fork_server_fork(
-                self.socket, id, argv, envp ?? environ, library, options.detached ? 1 : 0, children, parents,
-                Int32(children.count), Self.requestTimeoutMilliseconds, &pid, &pidfd, &threads
-            )
-        }
+        let status = cws_fork_server_read_spare(self.socket, timeoutMilliseconds, &id, &pid, &pidfd, &socket, &threads)
+        if id != 0 { self.pendingSpares.remove(id) }
         guard status == 0 else {
             let reason = String(cString: strerror(status))
             switch status {
             case EDEADLK:
-                self.disable("it has \(threads) threads (\(library.map { "loading '\($0)' started one" } ?? "at start")); forking is safe only with one")
+                let cause = self.preloads.first { $0.value == id }.map { "loading '\($0.key)' started one" } ?? "at start"
+                self.disable("it has \(threads) threads (\(cause)); forking is safe only with one")
+            case ETIMEDOUT where !waiting:
+                return nil  // nothing there (read first by a start that waited for it)
+            case EPIPE where !waiting:
+                // The server ended: its exit, reported by its pidfd, starts the next one.
+                self.stopWatchingSocket()
+                return nil
             case ETIMEDOUT, EPIPE, EPROTO:
                 if pid > 0 { self.onOrphans([(pid, -1)]) }
                 self.logger.warning("the fork server failed a request (\(reason)); restarting it", metadata: ["forkServer.pid": "\(self.pid ?? 0)"])
                 self.kill()
             default:
-                break  // transient (EAGAIN, ENOMEM): this worker is exec'd
+                break  // transient (EAGAIN, ENOMEM, EMFILE): this worker is exec'd
             }
-            return .failure(ForkServerRefusal("the fork server could not fork: \(reason)"))
+            return ForkServerRefusal("the fork server could not fork: \(reason)")
         }
-        do {
-            return .success(try self.loop.adoptChild(pid: pid, pidfd: pidfd, name: options.argumentZero ?? "worker", detached: options.detached, onExit: onExit))
-        } catch {
-            self.onOrphans([(pid, pidfd)])
-            return .failure(ForkServerRefusal("the forked worker cannot be watched: \(error)"))
-        }
+        let watcher = try? self.loop.watchReadable(pidfd) { [weak self] in self?.spareEnded(pid) }
+        self.spares.append(Spare(pid: pid, pidfd: pidfd, socket: socket, request: id, watcher: watcher))
+        return nil
+    }
+
+    /// A spare's pidfd turned readable: it ended before it was used (killed by someone). Reaped, forgotten.
+    private func spareEnded(_ pid: Int32) {
+        guard let index = self.spares.firstIndex(where: { $0.pid == pid }) else { return }
+        let spare = self.spares.remove(at: index)
+        self.logger.debug("a spare of the fork server ended before it was used", metadata: ["spare.pid": "\(pid)"])
+        self.discard(spare)
+    }
+
+    /// Ends a spare that will not be used, and reaps it now: a spare waits in `recvmsg` and holds nothing, so it
+    /// ends at once on SIGKILL (its pid is still its own: it is not reaped yet).
+    private func discard(_ spare: Spare) {
+        spare.watcher?.cancel()
+        _ = cws_close(spare.socket)
+        Glibc.kill(spare.pid, SIGKILL)
+        while waitpid(spare.pid, nil, 0) < 0 && errno == EINTR {}
+        _ = cws_close(spare.pidfd)
+    }
+
+    /// Ends every spare (the supervisor stops, or the server is given up).
+    private func discardSpares() {
+        let spares = self.spares
+        self.spares.removeAll()
+        for spare in spares { self.discard(spare) }
     }
 
     /// Stops the server with the supervisor: it exits when its socket closes.
     func stop() {
         self.closeSocket()
+        self.discardSpares()
         self.set(.stopped)
     }
 
@@ -235,6 +384,7 @@ final class ForkServer: @unchecked Sendable {
     private func disable(_ reason: String) {
         self.logger.warning("not using the fork server: \(reason); built-in workers are exec'd")
         self.closeSocket()
+        self.discardSpares()
         if let process = self.process, process.isRunning { _ = try? process.signal(.kill) }
         self.set(.disabled(reason))
     }
@@ -274,32 +424,51 @@ final class ForkServer: @unchecked Sendable {
         }
     }
 
-    private func watchHello() {
-        self.helloWatcher = try? self.loop.watchReadable(self.socket) { [weak self] in self?.helloReadable() }
+    private func watchSocket() {
+        self.socketWatcher = try? self.loop.watchReadable(self.socket) { [weak self] in self?.socketReadable() }
     }
 
-    private func stopWatchingHello() {
-        self.helloWatcher?.cancel()
-        self.helloWatcher = nil
+    private func stopWatchingSocket() {
+        self.socketWatcher?.cancel()
+        self.socketWatcher = nil
+    }
+
+    /// The server's hello, or a spare it made (asked for after a start), or its end.
+    private func socketReadable() {
+        guard self.greeted else { return self.helloReadable() }
+        guard case .ready = self.state else { return }
+        self.readSpare(timeoutMilliseconds: 0, waiting: false)
     }
 
     private func helloReadable() {
-        self.stopWatchingHello()
-        self.helloDeadline?.cancel()
-        self.helloDeadline = nil
         var pid: pid_t = 0
         var threads: Int32 = 0
         var error: Int32 = 0
         let status = cws_fork_server_hello(self.socket, 0, &pid, &threads, &error)
-        guard status == 0 else {
-            // It died before saying hello: its exit starts the next one.
-            self.logger.warning("the fork server did not say hello (\(String(cString: strerror(status))))")
+        switch status {
+        case 0:
+            break
+        case ETIMEDOUT:
+            return  // nothing there yet; the deadline still runs
+        case EPIPE:
+            // It died before saying hello: its exit starts the next one (or gives it up).
+            self.stopWatchingSocket()
+            self.logger.warning("the fork server ended before it said hello")
+            return
+        case EPROTONOSUPPORT:
+            self.disable("'\(self.executable)' speaks another version of the fork server's protocol: rebuild it with this version of swift-background-workers")
+            return
+        default:
+            self.disable("'\(self.executable)' did not answer as a fork server (\(String(cString: strerror(status))))")
             return
         }
+        self.helloDeadline?.cancel()
+        self.helloDeadline = nil
         self.greeted = true
         switch error {
         case 0:
             self.set(.ready(pid: pid))
+            self.requestSpareIfNone()
         case EDEADLK:
             self.disable("it has \(threads) threads at start; forking is safe only with one")
         default:
@@ -307,12 +476,16 @@ final class ForkServer: @unchecked Sendable {
         }
     }
 
+    /// Closes the server's socket; what was asked of the server through it is forgotten with it (spares already
+    /// made stay usable: they wait on sockets of their own).
     private func closeSocket() {
-        self.stopWatchingHello()
+        self.stopWatchingSocket()
         self.helloDeadline?.cancel()
         self.helloDeadline = nil
         if self.socket >= 0 { _ = cws_close(self.socket) }
         self.socket = -1
+        self.pendingSpares.removeAll()
+        self.preloads.removeAll()
     }
 }
 

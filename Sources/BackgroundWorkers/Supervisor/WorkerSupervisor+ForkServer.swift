@@ -98,6 +98,10 @@ extension WorkerSupervisor {
         return await server.waitUntilSettled(isolation: self)
     }
 
+    /// The pid of the built-in fork server's spare that the next built-in worker becomes; asked for and waited for
+    /// when none is there. Nil without a ready fork server.
+    func forkServerSparePID() -> Int32? { self.forkServer?.readySparePID() }
+
     /// The built-in workers' fork server's pid while it runs (starting or ready), or nil.
     public var forkServerPID: Int32? { self.forkServer?.pid }
 

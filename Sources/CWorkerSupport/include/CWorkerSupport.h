@@ -173,24 +173,35 @@ int cws_fork_server_socketpair(int fds[2]);
 
 /// Reads the fork server's hello within `timeout_ms`: its pid, its thread count, and the reason it cannot fork
 /// (an errno: ENOSYS without PR_GET_TID_ADDRESS or on another architecture, EDEADLK with more than one thread),
-/// or 0. Returns 0, ETIMEDOUT, EPIPE when the server is gone, or EPROTO.
+/// or 0. Returns 0, ETIMEDOUT, EPIPE when the server is gone, EPROTONOSUPPORT when it speaks another version of
+/// the protocol (a binary built with another version of this package), or EPROTO.
 int cws_fork_server_hello(int sock, int timeout_ms, pid_t *pid_out, int *threads_out, int *error_out);
 
-/// Asks the fork server on `sock` for a worker and waits up to `timeout_ms` for the answer. The worker is this
-/// process's child (CLONE_PARENT); the server first loads the shared library `preload` (or NULL) into itself, if
-/// it has not yet, and ends if that started a thread (EDEADLK). The worker gets `argv`, the environment `envp`,
-/// its own session with `new_session`,
-/// and child descriptor `child_fds[i]` for parent descriptor `parent_fds[i]` (standard descriptors not named get
-/// /dev/null; nothing else is open). Returns 0 and sets the worker's pid and a pidfd for it (close-on-exec), or an
-/// errno: the server's (EDEADLK: it has more than one thread; EAGAIN, ENOMEM: transient), ETIMEDOUT, EPIPE when
-/// the server is gone, E2BIG for a request over 256 KiB. `*threads_out` gets the server's thread count when it
-/// answered. With EPROTO and `*pid_out` > 0, a worker was made but cannot be watched: it was sent SIGKILL; reap it.
-int cws_fork_server_fork(int sock, uint64_t id, char *const argv[], char *const envp[], const char *preload,
-                         int new_session, const int *child_fds, const int *parent_fds, int fd_count, int timeout_ms,
-                         pid_t *pid_out, int *pidfd_out, int *threads_out);
+/// Asks the fork server on `sock` for a spare, without waiting: a process forked ahead of need that waits for
+/// the one request that makes it a worker (`cws_fork_server_send_worker`). The spare is this process's child
+/// (CLONE_PARENT). The server first loads the shared library `preload` (or NULL) into itself, if it has not yet,
+/// so that this spare and every later one has it loaded; it ends if that started a thread (the answer is then
+/// EDEADLK). Returns 0 or an errno (EPIPE when the server is gone).
+int cws_fork_server_request_spare(int sock, uint64_t id, const char *preload);
+
+/// Reads the fork server's answer to a spare request within `timeout_ms` (0: only one already there). Returns 0
+/// and sets the request's id, the spare's pid, a pidfd for it and this process's end of the spare's socket (both
+/// close-on-exec); or an errno: the server's for that request (`*id_out` set; EDEADLK: it has more than one
+/// thread; EAGAIN, ENOMEM, EMFILE: transient), ETIMEDOUT, EPIPE when the server is gone, EPROTO. With EPROTO and
+/// `*pid_out` > 0, a spare was made but cannot be used: it was sent SIGKILL; reap it. `*threads_out` gets the
+/// server's thread count when it answered.
+int cws_fork_server_read_spare(int sock, int timeout_ms, uint64_t *id_out, pid_t *pid_out, int *pidfd_out,
+                               int *spare_socket_out, int *threads_out);
+
+/// Sends a spare (its socket from `cws_fork_server_read_spare`) the worker it becomes, without waiting: `argv`,
+/// the environment `envp`, its own session with `new_session`, and child descriptor `child_fds[i]` for parent
+/// descriptor `parent_fds[i]` (standard descriptors not named get /dev/null; nothing else is open). Returns 0, or
+/// an errno: EPIPE when the spare is gone, E2BIG for a request over 256 KiB.
+int cws_fork_server_send_worker(int spare_socket, uint64_t id, char *const argv[], char *const envp[], int new_session,
+                                const int *child_fds, const int *parent_fds, int fd_count);
 
 /// After the fork server was stopped: reads its remaining replies until end of file (or `timeout_ms` without
-/// one), sends SIGKILL to every worker they name, and lists them (at most `capacity`) with their pidfds, for the
+/// one), sends SIGKILL to every spare they name, and lists them (at most `capacity`) with their pidfds, for the
 /// caller to reap. Returns how many.
 int cws_fork_server_drain(int sock, int timeout_ms, pid_t *pids, int *pidfds, int capacity);
 

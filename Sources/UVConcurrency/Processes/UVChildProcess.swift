@@ -98,6 +98,10 @@ public final class UVChildProcess: @unchecked Sendable {
     ///
     /// Works after the child itself was reaped, as long as processes of its group remain: the kernel does not
     /// hand out a process group's id as a new pid while the group has members.
+    ///
+    /// A child that has not made its group yet (a fork server's worker does so as its first step after the fork,
+    /// while its pid is already known here) gets the signal alone: it has started nothing that could be in its
+    /// group, and while it is not reaped its pid is its own.
     /// - Returns: `false` when no process of the group was left.
     /// - Throws: ``UVError`` with ``UVError/Code/invalidArgument`` for a child that is not detached (its group is
     ///   this process's), or ``UVError/Code/signalFailed`` when `kill` fails otherwise.
@@ -112,6 +116,7 @@ public final class UVChildProcess: @unchecked Sendable {
         }
         guard kill(-self.pid, signal.rawValue) == 0 else {
             let error = errno
+            if error == ESRCH, self.isRunning { return try self.signal(signal) }
             if error == ESRCH { return false }
             throw UVError(
                 .signalFailed,
