@@ -23,7 +23,8 @@ struct SwiftWorker: BackgroundWorkerMain {
         case "return":
             return
         case "hooks", "hooks-return":  // appends C (cancelled), then B and A (clean-ups, last first) to the file
-            let path = CommandLine.arguments.dropFirst(2).first ?? "/dev/null"
+            // named by its extra bytes (bgw_extra: data for the worker, the same exec'd or as a built-in)
+            let path = String(decoding: worker.identity.extra, as: UTF8.self)
             let append: @Sendable (String) -> Void = { text in
                 guard let file = fopen(path, "ae") else { return }
                 fputs(text, file)

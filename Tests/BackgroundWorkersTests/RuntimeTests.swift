@@ -94,9 +94,9 @@ extension SupervisorTests {
             }
         }
 
-        @Test("cancel handlers run on SIGTERM; clean-ups run after the body ends, last registered first")
-        func cancelHandlersAndCleanups() async throws {
-            let path = "/tmp/bgw-hooks-\(getpid())"
+        @Test("cancel handlers run on SIGTERM; clean-ups run after the body ends, last registered first", arguments: Self.starts)
+        func cancelHandlersAndCleanups(start: Start) async throws {
+            let path = "/tmp/bgw-hooks-\(getpid())-\(start)"
             defer { unlink(path) }
             func contents() -> String {
                 guard let file = fopen(path, "re") else { return "" }
@@ -105,10 +105,10 @@ extension SupervisorTests {
                 guard fgets(&buffer, 64, file) != nil else { return "" }
                 return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             }
-            try await withSupervisor { supervisor in
-                var worker = BackgroundWorker(name: "hooks", entryPoint: .executable(Self.workerPath, arguments: ["hooks", path]))
-                worker.restartInterval = .never
-                worker.reportsReadiness = true
+            try await Self.withRuntimeSupervisor(start) { supervisor in
+                // The file to write is the worker's extra bytes (a built-in has no arguments).
+                var worker = Self.swiftWorker("hooks", "hooks", start)
+                worker.extra = Array(path.utf8)
                 let handle = try await supervisor.register(worker)
                 _ = try await handle.waitForReady()
                 await handle.terminate()
@@ -116,10 +116,11 @@ extension SupervisorTests {
                 #expect(await handle.detail == .unregistered(.terminated, lastExit: .exited(1)))
                 #expect(contents() == "CBA")
                 unlink(path)
-                worker.entryPoint = .executable(Self.workerPath, arguments: ["hooks-return", path])
-                let returning = try await supervisor.register(worker)
-                _ = try await returning.waitForShutdown()
-                #expect(await returning.detail == .unregistered(.completed, lastExit: .exited(0)))
+                var returning = Self.swiftWorker("hooks", "hooks-return", start)
+                returning.extra = Array(path.utf8)
+                let returned = try await supervisor.register(returning)
+                _ = try await returned.waitForShutdown()
+                #expect(await returned.detail == .unregistered(.completed, lastExit: .exited(0)))
                 #expect(contents() == "BA")
             }
         }
@@ -270,27 +271,38 @@ extension SupervisorTests {
             #expect(text.contains("not started as the worker process contract says"), "\(text)")
         }
 
-        @Test("a supervisor killed with SIGKILL leaves no worker behind: each is gone within a second")
-        func noOrphansAfterSupervisorKill() async throws {
+        @Test(
+            "a supervisor killed with SIGKILL leaves no worker behind: each is gone within a second (forked: its fork servers and spares too)",
+            arguments: Self.starts
+        )
+        func noOrphansAfterSupervisorKill(start: Start) async throws {
             let directory = Self.workerPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
             let loop = try UVEventLoop(name: "kill-supervisor")
             let output = try UVPipePair()
+            var environment = ["PATH": "/usr/bin:/bin"]
+            if start == .forkServer { environment["FIXTURE_FORK_SERVER"] = "1" }
             var options = UVSpawnOptions(
                 executable: directory + "/FixtureSupervisor",
                 arguments: [Self.workerPath, "3"],
-                environment: ["PATH": "/usr/bin:/bin"],
+                environment: environment,
                 detached: true
             )
             options.descriptors = [0: 0, 1: output.writeEnd, 2: 2]
             let spawnOptions = options
             let supervisor = try await loop.submit { try loop.spawn(spawnOptions) }
             output.closeWriteEnd()
-            let pids = try await readLines(until: "all ready", on: loop, from: output.readEnd).compactMap { Int32($0) }
+            let lines = try await readLines(until: "all ready", on: loop, from: output.readEnd)
+            let pids = lines.compactMap { Int32($0) }
             try #require(pids.count == 3)
+            // Forked: the fork servers, and their spares (in a server's process group until they become workers).
+            let servers = lines.first { $0.hasPrefix("servers ") }?.split(separator: " ").dropFirst().compactMap { Int32($0) } ?? []
+            #expect(servers.count == (start == .forkServer ? 2 : 0) && !servers.contains(0), "\(lines)")
+            let serverGroups = servers.flatMap { processes(inGroup: $0) }
+            if start == .forkServer { #expect(serverGroups.count >= 3, "servers and spares: \(serverGroups)") }
             #expect(try await loop.submit { try supervisor.signal(.kill) })
             #expect(try await supervisor.waitForExit() == .signaled(.kill))
-            for pid in pids {
-                #expect(cws_wait_gone(pid, 1000) == 1, "worker \(pid) outlived its supervisor by more than a second")
+            for pid in pids + serverGroups {
+                #expect(cws_wait_gone(pid, 1000) == 1, "process \(pid) outlived its supervisor by more than a second")
             }
             try await loop.shutdown()
         }

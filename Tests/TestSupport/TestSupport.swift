@@ -22,6 +22,25 @@ public func procStat(_ pid: pid_t) -> (state: Character, parent: pid_t)? {
     return (state, parent)
 }
 
+/// The processes whose process group is `group`, read from `/proc` (the fifth field of each `stat`).
+public func processes(inGroup group: pid_t) -> [pid_t] {
+    guard let directory = opendir("/proc") else { return [] }
+    defer { closedir(directory) }
+    var members: [pid_t] = []
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+        guard let pid = pid_t(name), let file = fopen("/proc/\(pid)/stat", "re") else { continue }
+        defer { fclose(file) }
+        var buffer = [CChar](repeating: 0, count: 1024)
+        guard fgets(&buffer, Int32(buffer.count), file) != nil else { continue }
+        let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let close = line.lastIndex(of: ")") else { continue }
+        let fields = line[line.index(after: close)...].split(separator: " ")  // state, ppid, pgrp, ...
+        if fields.count >= 3, pid_t(fields[2]) == group { members.append(pid) }
+    }
+    return members
+}
+
 /// The zombie children of this process, read from `/proc`.
 public func zombieChildren(among pids: some Sequence<pid_t>) -> [pid_t] {
     let me = getpid()

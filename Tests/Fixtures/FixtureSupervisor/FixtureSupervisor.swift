@@ -10,7 +10,9 @@ import Glibc
 /// A supervisor process for tests that need a process of their own: one they kill, one whose process-wide
 /// state (descriptor limits, signal dispositions) they change, or one whose descriptors and memory they count.
 ///
-/// Usage: FixtureSupervisor WORKER-EXECUTABLE N   (N workers in `serve` mode; prints each pid, then waits)
+/// Usage: FixtureSupervisor WORKER-EXECUTABLE N   (N workers in `serve` mode; prints each pid, then waits; with
+///                                                 FIXTURE_FORK_SERVER, its built-ins forked, after a line with
+///                                                 the fork servers' pids)
 ///        FixtureSupervisor builtin               (runs its built-in worker "echo" and reports how it went)
 ///        FixtureSupervisor emfile-storm N        (interval 0 while no descriptor is free: N spawn attempts)
 ///        FixtureSupervisor notify-self           (a worker whose notify pid is this process)
@@ -79,9 +81,21 @@ struct FixtureSupervisor {
     }
 
     static func serve(_ executable: String, count: Int) async throws {
-        try await withWorkerSupervisor(configuration: .fixture()) { supervisor in
+        var configuration = WorkerSupervisor.Configuration.fixture()
+        // With FIXTURE_FORK_SERVER, the workers are the executable's built-ins, forked.
+        configuration.builtinExecutable = executable
+        let forking = configuration.forkServer
+        try await withWorkerSupervisor(configuration: configuration) { supervisor in
+            if forking {
+                guard await supervisor.waitForForkServer() else {
+                    emit("no fork server")
+                    exit(1)
+                }
+                emit("servers \(await supervisor.forkServerPID ?? 0) \(await supervisor.libraryForkServerPID ?? 0)")
+            }
             for index in 0..<count {
-                var worker = BackgroundWorker(name: "fixture-\(index)", entryPoint: .executable(executable, arguments: ["serve"]))
+                let entryPoint: BackgroundWorker.EntryPoint = forking ? .builtin("serve") : .executable(executable, arguments: ["serve"])
+                var worker = BackgroundWorker(name: "fixture-\(index)", entryPoint: entryPoint)
                 worker.reportsReadiness = true
                 worker.restartInterval = .never
                 let handle = try await supervisor.register(worker)
