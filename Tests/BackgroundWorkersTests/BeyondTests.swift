@@ -155,17 +155,22 @@ extension SupervisorTests {
             }
         }
 
-        @Test("1,000 register/exit cycles leave no zombie, no open descriptor and no used slot")
-        func thousandCycles() async throws {
+        @Test(
+            "1,000 register/exit cycles leave no zombie, no open descriptor and no used slot (exec'd, and forked from spares)",
+            arguments: [false, true]
+        )
+        func thousandCycles(forking: Bool) async throws {
             // In a process of its own, where no other test opens descriptors meanwhile.
-            let (lines, status) = try await runFixture(["cycles", "1000"])
+            let (lines, status) = try await runFixture(["cycles", "1000"], environment: forking ? ["FIXTURE_FORK_SERVER": "1"] : [:])
             #expect(status == .exited(0))
             let fields = try #require(lines.last?.split(separator: " ").map(String.init), "\(lines)")
-            try #require(fields.count == 9, "\(lines)")
+            try #require(fields.count == 11, "\(lines)")
             #expect(fields[1] == "1000", "every cycle completed: \(lines)")
             #expect(fields[3] == fields[4], "descriptors before and after: \(lines)")
             #expect(fields[6] == "0", "zombies: \(lines)")
             #expect(fields[8] == "0", "slots in use: \(lines)")
+            // Forked: asked right after each register, before the worker (exiting at once) is reaped, so most.
+            #expect(forking ? Int(fields[10]) ?? 0 > 500 : fields[10] == "0", "forked: \(lines)")
         }
 
         @Test("withWorkerSupervisor stops and reaps every worker when its body throws")

@@ -44,6 +44,7 @@ struct FixtureSupervisor {
 
     static func runBuiltins() async {
         await BuiltinWorkers.runIfRequested([
+            "done": { _ in },  // exits 0 at once: the built-in /bin/true
             "echo": { worker in
                 guard worker.identity.mainArgument == 9 else { throw CancellationError() }
                 try worker.reportReady()
@@ -183,18 +184,27 @@ extension FixtureSupervisor {
     static func cycles(_ count: Int) async throws {
         try await withWorkerSupervisor(configuration: { var c = WorkerSupervisor.Configuration.fixture(); c.maxWorkerProcesses = 16; return c }()) { supervisor in
             // A first cycle creates what libuv creates once per loop (the /dev/null it reserves for EMFILE).
-            var warmUp = BackgroundWorker(name: "warm-up", entryPoint: .executable("/bin/true"))
+            // With FIXTURE_FORK_SERVER, a built-in that exits 0 at once, forked: a spare per cycle as well.
+            let entryPoint: BackgroundWorker.EntryPoint = getenv("FIXTURE_FORK_SERVER") != nil ? .builtin("done") : .executable("/bin/true")
+            if getenv("FIXTURE_FORK_SERVER") != nil, await !supervisor.waitForForkServer() {
+                emit("no fork server")
+                exit(1)
+            }
+            var warmUp = BackgroundWorker(name: "warm-up", entryPoint: entryPoint)
             warmUp.reportsReadiness = true
             _ = try await supervisor.register(warmUp).waitForShutdown()
             let before = openDescriptors()
             var pids: [Int32] = []
             var done = 0
+            var forked = 0
             while done < count {
                 var handles: [BackgroundWorkerHandle] = []
                 for index in 0..<min(16, count - done) {
-                    var worker = BackgroundWorker(name: "cycle-\(done + index)", entryPoint: .executable("/bin/true"))
+                    var worker = BackgroundWorker(name: "cycle-\(done + index)", entryPoint: entryPoint)
                     worker.reportsReadiness = index % 2 == 0  // half of them with a readiness pipe
-                    handles.append(try await supervisor.register(worker))
+                    let handle = try await supervisor.register(worker)
+                    if await supervisor.isForked(handle) { forked += 1 }  // asked before it exits, mostly
+                    handles.append(handle)
                 }
                 for handle in handles {
                     if let pid = try? await handle.waitForStartup() { pids.append(pid) }
@@ -210,7 +220,7 @@ extension FixtureSupervisor {
                 let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
                 return line.split(separator: ")").last?.split(separator: " ").first == "Z"
             }
-            emit("completed \(done) descriptors \(before) \(openDescriptors()) zombies \(zombies.count) slots \(await supervisor.slotsInUse)")
+            emit("completed \(done) descriptors \(before) \(openDescriptors()) zombies \(zombies.count) slots \(await supervisor.slotsInUse) forked \(forked)")
         }
     }
 
