@@ -48,13 +48,15 @@ extension WorkerSupervisor {
         /// (the default): such registrations are refused. `BackgroundWorkersPostgres` connects with it on the
         /// worker side and offers a startup step that waits for it.
         public var database: DatabaseServer?
-        /// Start built-in workers (``BackgroundWorkerContract/BackgroundWorker/EntryPoint/builtin(_:)``) through a fork
-        /// server: a process of this very binary, started with the supervisor, that stops before `main` with one
-        /// thread and forks each worker from there instead of executing the binary again (a worker's start then
-        /// costs about a `posix_spawn` of a small program instead of a whole Swift program's start-up). The worker
-        /// is still this process's child and gets exactly what an exec'd one gets. Workers with a `user` or `group`
-        /// are exec'd; so is every worker while the server is starting, after it failed, or when it cannot be
-        /// used (the reason is logged). Default false.
+        /// Start built-in workers (``BackgroundWorkerContract/BackgroundWorker/EntryPoint/builtin(_:)``) and library
+        /// workers through fork servers: a process of the built-ins' binary (``builtinExecutable``) and one of
+        /// `bgworker-host`, started with the supervisor, that stop before `main` with one thread and fork workers
+        /// from there instead of executing the binary again (a worker's start then costs less than a
+        /// `posix_spawn` of a small program, instead of a whole Swift program's start-up). Each server keeps one
+        /// spare fork waiting, which the next start turns into its worker. The worker is still this process's
+        /// child and gets exactly what an exec'd one gets. Workers with a `user` or `group` are exec'd; so is
+        /// every worker while the server is starting, after it failed, or when it cannot be used (the reason is
+        /// logged). Default false.
         public var forkServer: Bool = false
         /// The binary whose built-in workers ``BackgroundWorkerContract/BackgroundWorker/EntryPoint/builtin(_:)``
         /// entries name (it calls `BuiltinWorkers.runIfRequested`, or is a `BackgroundWorkerMain`), and the fork
