@@ -196,7 +196,7 @@ let package = Package(
         // A supervisor process for tests that kill one (not a product).
         .executableTarget(
             name: "FixtureSupervisor",
-            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime", "UVConcurrency", "TestSupport"],
+            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime", "CWorkerSupport", "UVConcurrency", "TestSupport"],
             path: "Tests/Fixtures/FixtureSupervisor",
             swiftSettings: swiftSettings
         ),

@@ -414,7 +414,8 @@ int cws_fork_server_socketpair(int fds[2]) {
 
 /// Reads one reply (and the descriptors passed with it: a spare's pidfd and socket) within `timeout_ms`. Returns 0,
 /// ETIMEDOUT, EPIPE when the server is gone, EPROTO for a malformed reply, EPROTONOSUPPORT for one of another
-/// version of the protocol, or another errno.
+/// version of the protocol, EMFILE (the reply read, its descriptors closed) when they did not fit into this
+/// process's descriptor table, or another errno.
 static int read_reply(int sock, int timeout_ms, struct cws_fork_reply *reply, int passed[2]) {
     passed[0] = -1;
     passed[1] = -1;
@@ -457,15 +458,21 @@ static int read_reply(int sock, int timeout_ms, struct cws_fork_reply *reply, in
             }
         }
     }
+    int problem = 0;
     if ((size_t)received != sizeof *reply || reply->magic != CWS_FORK_MAGIC || reply->version != CWS_FORK_VERSION) {
+        // A server built from another version of this file: its magic is right, its version not.
+        problem = (size_t)received >= 2 * sizeof(uint32_t) && reply->magic == CWS_FORK_MAGIC ? EPROTONOSUPPORT : EPROTO;
+    } else if (message.msg_flags & MSG_CTRUNC) {
+        // The descriptors passed did not all fit: this process's table is full (the kernel dropped the rest).
+        problem = EMFILE;
+    }
+    if (problem != 0) {
         for (int i = 0; i < 2; i++) {
             if (passed[i] >= 0) close(passed[i]);
             passed[i] = -1;
         }
-        // A server built from another version of this file: its magic is right, its version not.
-        return (size_t)received >= 2 * sizeof(uint32_t) && reply->magic == CWS_FORK_MAGIC ? EPROTONOSUPPORT : EPROTO;
     }
-    return 0;
+    return problem;
 }
 
 int cws_fork_server_hello(int sock, int timeout_ms, pid_t *pid_out, int *threads_out, int *error_out) {
@@ -570,6 +577,14 @@ int cws_fork_server_read_spare(int sock, int timeout_ms, uint64_t *id_out, pid_t
     struct cws_fork_reply reply;
     int passed[2];
     int err = read_reply(sock, timeout_ms, &reply, passed);
+    if (err == EMFILE && reply.id != 0 && reply.pid > 0) {
+        // Made, but its descriptors were lost on the way in: it cannot be used or watched. Stopped at once (the
+        // caller reaps it); no fault of the server's.
+        kill(reply.pid, SIGKILL);
+        *id_out = reply.id;
+        *pid_out = reply.pid;
+        return EMFILE;
+    }
     if (err != 0) return err;
     *id_out = reply.id;
     *threads_out = reply.threads;
@@ -606,10 +621,14 @@ int cws_fork_server_drain(int sock, int timeout_ms, pid_t *pids, int *pidfds, in
         struct cws_fork_reply reply;
         int passed[2];
         int err = read_reply(sock, timeout_ms, &reply, passed);
-        if (err != 0) return count;
+        if (err != 0 && err != EMFILE) return count;
         if (passed[1] >= 0) close(passed[1]);
         if (reply.pid > 0 && reply.id != 0) {
-            if (passed[0] >= 0) syscall(SYS_pidfd_send_signal, passed[0], SIGKILL, NULL, 0);
+            if (passed[0] >= 0) {
+                syscall(SYS_pidfd_send_signal, passed[0], SIGKILL, NULL, 0);
+            } else {
+                kill(reply.pid, SIGKILL);  // its pidfd was lost (EMFILE); it is still this process's, unreaped
+            }
             if (count < capacity) {
                 pids[count] = reply.pid;
                 pidfds[count] = passed[0];

@@ -268,6 +268,17 @@ extension SupervisorTests {
             }
         }
 
+        @Test("a spare whose descriptors arrive while the table is full: EMFILE, the spare ended and reaped, the server serves on")
+        func spareWhileDescriptorsFull() async throws {
+            // In a process of its own (FixtureSupervisor), which lowers its own descriptor limit. Before: EPROTO,
+            // a malformed reply, which the supervisor takes for the server's fault and restarts it for.
+            let (lines, status) = try await runFixture(["fork-server-full"])
+            #expect(status == .exited(0), "\(lines)")
+            #expect(lines.contains("full: EMFILE; spare killed; descriptors -1 -1"), "\(lines)")
+            #expect(lines.contains("next: a spare from request 2"), "\(lines)")
+            #expect(lines.contains("server: exited with code 0"), "\(lines)")
+        }
+
         @Test("a fork server that keeps dying is given up after five restarts a minute; built-ins are then exec'd")
         func serverGivenUp() async throws {
             try await Self.withBuiltinSupervisor(forking: true) { supervisor in

@@ -310,6 +310,8 @@ final class ForkServer: @unchecked Sendable {
         let status = cws_fork_server_read_spare(self.socket, timeoutMilliseconds, &id, &pid, &pidfd, &socket, &threads)
         if id != 0 { self.pendingSpares.remove(id) }
         guard status == 0 else {
+            // A spare made but not usable (its descriptors lost) was sent SIGKILL: reaped here.
+            if pid > 0 { self.onOrphans([(pid, -1)]) }
             let reason = String(cString: strerror(status))
             switch status {
             case EDEADLK:
@@ -322,11 +324,14 @@ final class ForkServer: @unchecked Sendable {
                 self.stopWatchingSocket()
                 return nil
             case ETIMEDOUT, EPIPE, EPROTO:
-                if pid > 0 { self.onOrphans([(pid, -1)]) }
                 self.logger.warning("the fork server failed a request (\(reason)); restarting it", metadata: ["forkServer.pid": "\(self.pid ?? 0)"])
                 self.kill()
             default:
-                break  // transient (EAGAIN, ENOMEM, EMFILE): this worker is exec'd
+                // Transient (EAGAIN, ENOMEM, EMFILE: the server's, or this process's table full when the spare's
+                // descriptors came): this worker is exec'd, and the server serves on.
+                if pid > 0 {
+                    self.logger.warning("a spare of the fork server was ended: its descriptors did not fit (\(reason))", metadata: ["spare.pid": "\(pid)"])
+                }
             }
             return ForkServerRefusal("the fork server could not fork: \(reason)")
         }

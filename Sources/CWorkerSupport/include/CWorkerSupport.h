@@ -187,8 +187,9 @@ int cws_fork_server_request_spare(int sock, uint64_t id, const char *preload);
 /// Reads the fork server's answer to a spare request within `timeout_ms` (0: only one already there). Returns 0
 /// and sets the request's id, the spare's pid, a pidfd for it and this process's end of the spare's socket (both
 /// close-on-exec); or an errno: the server's for that request (`*id_out` set; EDEADLK: it has more than one
-/// thread; EAGAIN, ENOMEM, EMFILE: transient), ETIMEDOUT, EPIPE when the server is gone, EPROTO. With EPROTO and
-/// `*pid_out` > 0, a spare was made but cannot be used: it was sent SIGKILL; reap it. `*threads_out` gets the
+/// thread; EAGAIN, ENOMEM, EMFILE: transient), EMFILE when this process had no room for the spare's descriptors,
+/// ETIMEDOUT, EPIPE when the server is gone, EPROTO. With `*pid_out` > 0 on failure (EMFILE, EPROTO), a spare
+/// was made but cannot be used: it was sent SIGKILL; reap it. `*threads_out` gets the
 /// server's thread count when it answered.
 int cws_fork_server_read_spare(int sock, int timeout_ms, uint64_t *id_out, pid_t *pid_out, int *pidfd_out,
                                int *spare_socket_out, int *threads_out);

@@ -1,5 +1,6 @@
 import BackgroundWorkerRuntime
 import BackgroundWorkers
+import CWorkerSupport
 import TestSupport
 import UVConcurrency
 
@@ -19,6 +20,7 @@ import Glibc
 ///        FixtureSupervisor lifetimes N EVERY     (N supervisors one after another, a worker each)
 ///        FixtureSupervisor emfile-retry          (a transient spawn error is retried; a never-restart worker stops)
 ///        FixtureSupervisor cycles N              (N register/exit cycles: descriptors, zombies, slots)
+///        FixtureSupervisor fork-server-full      (a fork server's spare arriving while one descriptor is free)
 ///        FixtureSupervisor orphans kill|exit [every-kind]
 ///                                                (workers that know nothing of the contract, and with every-kind
 ///                                                 every other kind too; prints their pids, then waits, or exits)
@@ -66,6 +68,8 @@ struct FixtureSupervisor {
             try await Self.emfileRetry()
         case "orphans":
             try await Self.orphans(exitAtOnce: arguments.dropFirst().first == "exit", arguments: arguments)
+        case "fork-server-full":
+            try await Self.forkServerDescriptorsFull()
         case "cycles":
             try await Self.cycles(arguments.count > 1 ? Int(arguments[1]) ?? 1000 : 1000)
         case "lifetimes":
@@ -79,6 +83,61 @@ struct FixtureSupervisor {
             }
             try await Self.serve(arguments[0], count: count)
         }
+    }
+
+    /// A fork server of this binary, driven through the C API as the supervisor drives it: a spare whose two
+    /// descriptors arrive while only one is free is reported as EMFILE and ended (sent SIGKILL, reaped here), and
+    /// the server serves the next request. Prints what it saw.
+    static func forkServerDescriptorsFull() async throws {
+        var pair: [Int32] = [-1, -1]
+        guard cws_fork_server_socketpair(&pair) == 0 else { fail("socketpair") }
+        let loop = try UVEventLoop(name: "fork-server-full")
+        var options = UVSpawnOptions(
+            executable: CommandLine.arguments[0],
+            arguments: [CWS_FORK_SERVER_MARKER, "3"],
+            detached: true,
+            descriptors: [1: 1, 2: 2, 3: pair[1]]
+        )
+        options.environment = ["PATH": "/usr/bin:/bin"]
+        let spawnOptions = options
+        let server = try await loop.submit { try loop.spawn(spawnOptions) }
+        close(pair[1])
+        var serverPID: pid_t = 0
+        var threads: Int32 = 0
+        var error: Int32 = 0
+        guard cws_fork_server_hello(pair[0], 5000, &serverPID, &threads, &error) == 0, error == 0 else { fail("hello") }
+        // A spare asked for; its answer waited for (readable), then read with one descriptor free of the two.
+        guard cws_fork_server_request_spare(pair[0], 1, nil) == 0 else { fail("request") }
+        var entry = pollfd(fd: pair[0], events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, 5000) == 1 else { fail("no answer") }
+        var id: UInt64 = 0
+        var spare: pid_t = -1
+        var pidfd: Int32 = -1
+        var socket: Int32 = -1
+        let full = await withOneFreeDescriptor {
+            cws_fork_server_read_spare(pair[0], 0, &id, &spare, &pidfd, &socket, &threads)
+        }
+        var status: Int32 = 0
+        let reaped = spare > 0 ? waitpid(spare, &status, 0) : -1
+        let ended = reaped == spare && (status & 0x7f) == SIGKILL ? "killed" : "not killed (\(status))"
+        emit("full: \(full == EMFILE ? "EMFILE" : "\(full)"); spare \(spare > 0 ? ended : "not named"); descriptors \(pidfd) \(socket)")
+        // Room again: the same server makes the next spare.
+        guard cws_fork_server_request_spare(pair[0], 2, nil) == 0 else { fail("second request") }
+        let next = cws_fork_server_read_spare(pair[0], 5000, &id, &spare, &pidfd, &socket, &threads)
+        emit("next: \(next == 0 ? "a spare" : "\(next)") from request \(id)")
+        if next == 0 {
+            close(socket)  // the spare ends without a request
+            _ = waitpid(spare, &status, 0)
+            close(pidfd)
+        }
+        close(pair[0])  // the server ends
+        emit("server: \(try await server.waitForExit())")
+        try await loop.shutdown()
+    }
+
+    static func fail(_ what: String) -> Never {
+        emit("failed: \(what) (errno \(errno))")
+        exit(1)
     }
 
     static func serve(_ executable: String, count: Int) async throws {
