@@ -88,6 +88,8 @@ struct SwiftWorker: BackgroundWorkerMain {
             guard await MainActor.run(body: { cws_gettid() == getpid() }) else { exit(4) }
         case "process-state":  // reports what the process was given, as its error line, and exits 1
             throw Report(description: Self.processState())
+        case "command-line":  // reports its command line as ps shows it, as its error line, and exits 1
+            throw Report(description: "command line " + Self.commandLine())
         case "stuck":  // reports ready, then keeps the main thread busy and ignores cancellation
             try worker.reportReady()
             while true { sched_yield() }
@@ -109,8 +111,8 @@ struct Report: Error, CustomStringConvertible {
 
 extension SwiftWorker {
     /// What a worker's process was given, in one line: open descriptors and what they are, ignored and blocked
-    /// signals, its session, group and parent, its arguments and the names of its environment variables. An
-    /// exec'd and a forked worker must give the same line.
+    /// signals, its session, group and parent, its arguments, its command line as `ps` shows it, and the names of
+    /// its environment variables. An exec'd and a forked worker must give the same line.
     static func processState() -> String {
         var descriptors: [String] = []
         if let folder = opendir("/proc/self/fd") {
@@ -148,8 +150,27 @@ extension SwiftWorker {
             signals.sorted().joined(separator: " "),
             "session-leader \(getsid(0) == getpid()) group-leader \(getpgrp() == getpid()) parent-is-supervisor \(String(getppid()) == supervisor)",
             "arguments " + CommandLine.arguments.joined(separator: " "),
+            "command line " + Self.commandLine(),
             "environment " + names.sorted().joined(separator: ","),
         ].joined(separator: "; ")
+    }
+}
+
+extension SwiftWorker {
+    /// This process's command line as the kernel shows it (`/proc/self/cmdline`, what `ps` prints), its NULs as
+    /// spaces, trailing ones dropped.
+    static func commandLine() -> String {
+        guard let file = fopen("/proc/self/cmdline", "re") else { return "?" }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = fread(&buffer, 1, buffer.count, file)
+            if count <= 0 { break }
+            bytes += buffer.prefix(count)
+        }
+        while bytes.last == 0 { bytes.removeLast() }
+        return String(decoding: bytes.map { $0 == 0 ? UInt8(ascii: " ") : $0 }, as: UTF8.self)
     }
 }
 

@@ -143,6 +143,59 @@ static void close_all(const int *fds, int count) {
     for (int i = 0; i < count; i++) close(fds[i]);
 }
 
+// The memory the kernel shows as this process's command line (/proc/PID/cmdline, what `ps` prints): the
+// server's own argument strings, and the environment strings right after them, which a worker no longer uses (it
+// gets an environment of its own). Found by the constructor; NULL when they are not where the kernel put them.
+static char *title_area = NULL;
+static size_t title_arguments_length = 0;  // the argument strings alone
+static size_t title_length = 0;  // with the environment strings that follow them
+
+/// Finds the argument and environment strings' memory (contiguous, as the kernel lays them out at exec).
+static void find_title_area(int argc, char **argv, char **envp) {
+    if (argc <= 0 || argv[0] == NULL) return;
+    char *end = argv[0];
+    for (int i = 0; i < argc; i++) {
+        if (argv[i] != end) return;  // not contiguous: leave the command line alone
+        end += strlen(argv[i]) + 1;
+    }
+    title_area = argv[0];
+    title_arguments_length = (size_t)(end - argv[0]);
+    for (char **variable = envp; variable != NULL && *variable != NULL && *variable == end; variable++) {
+        end += strlen(*variable) + 1;
+    }
+    title_length = (size_t)(end - argv[0]);
+}
+
+/// In the new worker, after it has its own environment: its arguments as its command line, so that `ps` shows
+/// what it shows for an exec'd worker (as PostgreSQL's backends rewrite theirs). NUL-separated, as an exec lays
+/// them out, when they fit in the server's argument strings; otherwise one string separated by spaces over the
+/// environment's memory too (the kernel reads past the arguments when their last byte is not NUL), cut at its
+/// end.
+static void set_process_title(char *const *argv, uint32_t argc) {
+    if (title_area == NULL || title_arguments_length == 0) return;
+    size_t needed = 0;
+    for (uint32_t i = 0; i < argc; i++) needed += strlen(argv[i]) + 1;
+    char *cursor = title_area;
+    char *end = title_area + title_length;
+    if (needed <= title_arguments_length) {
+        for (uint32_t i = 0; i < argc; i++) {
+            size_t n = strlen(argv[i]) + 1;
+            memcpy(cursor, argv[i], n);
+            cursor += n;
+        }
+    } else {
+        for (uint32_t i = 0; i < argc && cursor < end - 1; i++) {
+            if (i > 0) *cursor++ = ' ';
+            size_t n = strlen(argv[i]);
+            size_t room = (size_t)(end - 1 - cursor);
+            if (n > room) n = room;
+            memcpy(cursor, argv[i], n);
+            cursor += n;
+        }
+    }
+    memset(cursor, 0, (size_t)(end - cursor));
+}
+
 /// In the new worker: the descriptors at their numbers and nothing else, its session, default signals, its
 /// environment and arguments. Returns 0, or an errno (the child then exits 127).
 static int become_worker(const struct cws_fork_request *request, const char *strings, const int *fds) {
@@ -197,6 +250,7 @@ static int become_worker(const struct cws_fork_request *request, const char *str
     }
     environ = envp;
     if (_swift_stdlib_overrideUnsafeArgvArgc != NULL) _swift_stdlib_overrideUnsafeArgvArgc(argv, (int)request->argc);
+    set_process_title(argv, request->argc);
     // The name `ps` shows: argv[0] as an exec would give it.
     prctl(PR_SET_NAME, (unsigned long)argv[0], 0, 0, 0);
     return 0;
@@ -393,8 +447,8 @@ static int serve(int sock) {
 }
 
 __attribute__((constructor)) static void cws_fork_server_entry(int argc, char **argv, char **envp) {
-    (void)envp;
     if (argc < 3 || argv == NULL || argv[1] == NULL || strcmp(argv[1], CWS_FORK_SERVER_MARKER) != 0) return;
+    find_title_area(argc, argv, envp);
     char *end = NULL;
     long sock = strtol(argv[2], &end, 10);
     if (end == argv[2] || *end != 0 || sock < 0 || sock > 1023) _exit(2);

@@ -54,7 +54,24 @@ extension SupervisorTests {
             #expect(ignored.map { $0 & 0x7fff_ffff } == 0, "a standard signal is ignored: \(execd.state)")  // 1...31
             #expect(execd.state.contains("session-leader true group-leader true parent-is-supervisor true"), "\(execd.state)")
             #expect(execd.state.contains("arguments state --bgworker-builtin process-state"), "\(execd.state)")
+            #expect(execd.state.contains("command line state --bgworker-builtin process-state;"), "\(execd.state)")
             #expect(execd.state.contains("BGW_NAME") && !execd.state.contains("bgworker-fork-server"), "\(execd.state)")
+        }
+
+        @Test("a forked worker's command line, as ps shows it, is its own, also when longer than the server's")
+        func commandLine() async throws {
+            // Short names fit in the server's own argument strings (NUL-separated, as an exec lays them out:
+            // sameProcessState); a long one runs on over the server's environment strings, space-separated.
+            let name = "a-worker-named-at-length-beyond-the-fork-server-arguments-60"  // 60 bytes; the limit is 63
+            try await Self.withBuiltinSupervisor(forking: true) { supervisor in
+                var worker = BackgroundWorker(name: name, entryPoint: .builtin("command-line"))
+                worker.restartInterval = .never
+                let handle = try await supervisor.register(worker)
+                #expect(await supervisor.isForked(handle))
+                #expect(try await handle.waitForShutdown() == .stopped)
+                let state = await handle.lastReportedError ?? ""
+                #expect(state == "command line \(name) --bgworker-builtin command-line", "\(state)")
+            }
         }
 
         @Test(
