@@ -196,7 +196,10 @@ let package = Package(
         // A supervisor process for tests that kill one (not a product).
         .executableTarget(
             name: "FixtureSupervisor",
-            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime", "CWorkerSupport", "UVConcurrency", "TestSupport"],
+            dependencies: [
+                "BackgroundWorkers", "BackgroundWorkerRuntime", "CWorkerSupport", "UVConcurrency", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/Fixtures/FixtureSupervisor",
             swiftSettings: swiftSettings
         ),

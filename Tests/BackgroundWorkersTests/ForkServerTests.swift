@@ -296,6 +296,18 @@ extension SupervisorTests {
             #expect(lines.contains("server: exited with code 0"), "\(lines)")
         }
 
+        @Test("a fork server that cannot be started again for want of descriptors is started again once they are free, not given up")
+        func restartWhileDescriptorsFull() async throws {
+            // In a process of its own (FixtureSupervisor), which lowers its own descriptor limit. Before: given up
+            // for good ("not using the fork server: cannot make its socket"), every built-in exec'd from then on.
+            let (lines, status) = try await runFixture(["fork-server-restart-full"])
+            #expect(status == .exited(0), "\(lines)")
+            // Its socket pair or its spawn fails with EMFILE, depending on what the dead server's end freed.
+            #expect(lines.contains { $0.hasPrefix("while full: cannot start the fork server now (") && $0.contains("trying again in 1.0 seconds") }, "\(lines)")
+            #expect(lines.contains("after: ready true, a new server true"), "\(lines)")
+            #expect(lines.contains("forked true"), "\(lines)")
+        }
+
         @Test("a fork server that keeps dying is given up after five restarts a minute; built-ins are then exec'd")
         func serverGivenUp() async throws {
             try await Self.withBuiltinSupervisor(forking: true) { supervisor in

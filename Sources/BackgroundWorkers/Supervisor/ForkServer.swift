@@ -32,6 +32,9 @@ final class ForkServer: @unchecked Sendable {
         case starting(pid: Int32)
         /// Forks on request.
         case ready(pid: Int32)
+        /// Not running: it could not be started for a passing reason (no descriptor or memory free), and is
+        /// started again after a pause (exec is used meanwhile).
+        case retrying(String)
         /// Not used any more, for this reason (exec is used).
         case disabled(String)
         /// Stopped with the supervisor.
@@ -41,6 +44,7 @@ final class ForkServer: @unchecked Sendable {
             switch self {
             case .starting(let pid): "starting (pid \(pid))"
             case .ready(let pid): "ready (pid \(pid))"
+            case .retrying(let reason): "not running, started again soon: \(reason)"
             case .disabled(let reason): "disabled: \(reason)"
             case .stopped: "stopped"
             }
@@ -71,6 +75,10 @@ final class ForkServer: @unchecked Sendable {
     /// Whether the current server said hello (one that ends before it is no fork server at all).
     private var greeted = false
     private var starts: [ContinuousClock.Instant] = []
+    /// Starts the server again after a start failed for a passing reason (``State/retrying(_:)``).
+    private var retryTimer: UVTimer?
+    /// The pause before the next such start: 1 s, doubling to 30 s, back to 1 s after a hello.
+    private var retryPause: Duration = .seconds(1)
     /// Called on every state change.
     private let onStateChange: (State) -> Void
     /// Called with a server's pid when it was started, and again when it was reaped (the guardian holds its process
@@ -124,7 +132,15 @@ final class ForkServer: @unchecked Sendable {
     var pid: Int32? {
         switch self.state {
         case .starting(let pid), .ready(let pid): pid
-        case .disabled, .stopped: nil
+        case .retrying, .disabled, .stopped: nil
+        }
+    }
+
+    /// Whether the state is one a start waits no longer for: ready, disabled or stopped.
+    private var isSettled: Bool {
+        switch self.state {
+        case .starting, .retrying: false
+        case .ready, .disabled, .stopped: true
         }
     }
 
@@ -142,8 +158,8 @@ final class ForkServer: @unchecked Sendable {
         var pair: [Int32] = [-1, -1]
         let status = cws_fork_server_socketpair(&pair)
         guard status == 0 else {
-            self.disable("cannot make its socket: \(String(cString: strerror(status)))")
-            return
+            let reason = "cannot make its socket: \(String(cString: strerror(status)))"
+            return Self.isPassing(status) ? self.retryLater(reason) : self.disable(reason)
         }
         var options = UVSpawnOptions(
             executable: self.executable,
@@ -165,8 +181,7 @@ final class ForkServer: @unchecked Sendable {
         } catch {
             _ = cws_close(pair[0])
             _ = cws_close(pair[1])
-            self.disable("cannot start it: \(error)")
-            return
+            return Self.isPassing(error.errno) ? self.retryLater("cannot start it: \(error)") : self.disable("cannot start it: \(error)")
         }
         _ = cws_close(pair[1])
         self.greeted = false
@@ -180,11 +195,32 @@ final class ForkServer: @unchecked Sendable {
         self.set(.starting(pid: process.pid))
     }
 
+    /// Whether a start that failed with `error` may succeed later: a full descriptor table (this process's or
+    /// the system's), no memory, no process free.
+    static func isPassing(_ error: Int32) -> Bool {
+        error == EMFILE || error == ENFILE || error == ENOMEM || error == EAGAIN
+    }
+
+    /// A start failed for a passing reason: not counted as an exit of the server (the budget of
+    /// ``maxRestartsPerMinute`` is for servers that die), tried again after a pause that doubles up to 30 s.
+    private func retryLater(_ reason: String) {
+        self.starts.removeLast()
+        let pause = self.retryPause
+        self.retryPause = min(pause * 2, .seconds(30))
+        self.logger.warning("cannot start the fork server now (\(reason)); trying again in \(pause); built-in workers are exec'd meanwhile")
+        self.retryTimer = try? self.loop.scheduleTimer(after: pause) { [weak self] in
+            guard let self, case .retrying = self.state else { return }
+            self.retryTimer = nil
+            self.start()
+        }
+        self.set(.retrying(reason))
+    }
+
     /// Waits until the server is ready, disabled or stopped, and returns that state. Runs on the caller's actor,
     /// which must be the supervisor (the loop thread): read anywhere else, the state could turn ready between the
     /// check and the wait, and the wake-up would be lost.
     func waitUntilSettled(isolation: isolated WorkerSupervisor) async -> State {
-        if case .starting = self.state {
+        if !self.isSettled {
             return await withCheckedContinuation(isolation: isolation) { self.readyWaiters.append($0) }
         }
         return self.state
@@ -367,6 +403,8 @@ final class ForkServer: @unchecked Sendable {
 
     /// Stops the server with the supervisor: it exits when its socket closes.
     func stop() {
+        self.retryTimer?.cancel()
+        self.retryTimer = nil
         self.closeSocket()
         self.discardSpares()
         self.set(.stopped)
@@ -380,7 +418,7 @@ final class ForkServer: @unchecked Sendable {
         let changed = self.changeWaiters
         self.changeWaiters.removeAll()
         for waiter in changed { waiter.resume(returning: state) }
-        if case .starting = state { return }
+        guard self.isSettled else { return }
         let waiters = self.readyWaiters
         self.readyWaiters.removeAll()
         for waiter in waiters { waiter.resume(returning: state) }
@@ -388,6 +426,8 @@ final class ForkServer: @unchecked Sendable {
 
     private func disable(_ reason: String) {
         self.logger.warning("not using the fork server: \(reason); built-in workers are exec'd")
+        self.retryTimer?.cancel()
+        self.retryTimer = nil
         self.closeSocket()
         self.discardSpares()
         if let process = self.process, process.isRunning { _ = try? process.signal(.kill) }
@@ -418,7 +458,7 @@ final class ForkServer: @unchecked Sendable {
         self.collectOrphans()
         self.closeSocket()
         switch self.state {
-        case .stopped, .disabled:
+        case .stopped, .disabled, .retrying:
             return
         case .starting where !self.greeted:
             // It never said hello: a binary that is no fork server would exit again on every restart.
@@ -472,6 +512,7 @@ final class ForkServer: @unchecked Sendable {
         self.greeted = true
         switch error {
         case 0:
+            self.retryPause = .seconds(1)
             self.set(.ready(pid: pid))
             self.requestSpareIfNone()
         case EDEADLK:

@@ -67,7 +67,9 @@ extension WorkerSupervisor {
         }
     }
 
-    /// Waits while the fork servers (``Configuration/forkServer``) are starting; true when built-in workers are
+    /// Waits while the fork servers (``Configuration/forkServer``) are starting, or are to be started again after a
+    /// start failed for a passing reason (no descriptor or memory free; tried again after 1 s, doubling up to
+    /// 30 s, exec'ing meanwhile); true when built-in workers are
     /// forked from now on, false when they are exec'd (no fork server configured, the supervisor has not run or has
     /// stopped, or the server cannot be used: the log says why). Library workers are forked too once it returns,
     /// unless `bgworker-host` is missing or is no fork server (``libraryForkServerPID`` is then nil, and the log

@@ -1,6 +1,7 @@
 import BackgroundWorkerRuntime
 import BackgroundWorkers
 import CWorkerSupport
+import Logging
 import TestSupport
 import UVConcurrency
 
@@ -21,6 +22,8 @@ import Glibc
 ///        FixtureSupervisor emfile-retry          (a transient spawn error is retried; a never-restart worker stops)
 ///        FixtureSupervisor cycles N              (N register/exit cycles: descriptors, zombies, slots)
 ///        FixtureSupervisor fork-server-full      (a fork server's spare arriving while one descriptor is free)
+///        FixtureSupervisor fork-server-restart-full
+///                                                (the fork server killed while one descriptor is free)
 ///        FixtureSupervisor orphans kill|exit [every-kind]
 ///                                                (workers that know nothing of the contract, and with every-kind
 ///                                                 every other kind too; prints their pids, then waits, or exits)
@@ -70,6 +73,8 @@ struct FixtureSupervisor {
             try await Self.orphans(exitAtOnce: arguments.dropFirst().first == "exit", arguments: arguments)
         case "fork-server-full":
             try await Self.forkServerDescriptorsFull()
+        case "fork-server-restart-full":
+            try await Self.forkServerRestartFull()
         case "cycles":
             try await Self.cycles(arguments.count > 1 ? Int(arguments[1]) ?? 1000 : 1000)
         case "lifetimes":
@@ -133,6 +138,42 @@ struct FixtureSupervisor {
         close(pair[0])  // the server ends
         emit("server: \(try await server.waitForExit())")
         try await loop.shutdown()
+    }
+
+    /// The fork server killed while one descriptor is free, so that starting it again (a socket pair: two) fails:
+    /// it is started again once descriptors are free, not given up. Prints what it saw.
+    static func forkServerRestartFull() async throws {
+        let (messages, sink) = AsyncStream<String>.makeStream()
+        var configuration = WorkerSupervisor.Configuration.fixture()
+        configuration.forkServer = true  // this binary's built-ins
+        configuration.logger = Logger(label: "fixture") { _ in StreamingLogHandler(sink: sink) }
+        try await withWorkerSupervisor(configuration: configuration) { supervisor in
+            guard await supervisor.waitForForkServer(), let first = await supervisor.forkServerPID else { fail("no fork server") }
+            var iterator = messages.makeAsyncIterator()
+            await withOneFreeDescriptor {
+                kill(first, SIGKILL)
+                // Until the supervisor has tried to start it again, and failed.
+                while let message = await iterator.next() {
+                    if message.contains("cannot start the fork server") || message.contains("not using the fork server") {
+                        emit("while full: \(message)")
+                        break
+                    }
+                }
+            }
+            let ready = await supervisor.waitForForkServer()
+            let second = await supervisor.forkServerPID
+            emit("after: ready \(ready), a new server \(second != nil && second != first)")
+            var worker = BackgroundWorker(name: "echo", entryPoint: .builtin("echo"))
+            worker.mainArgument = 9
+            worker.reportsReadiness = true
+            worker.restartInterval = .never
+            let handle = try await supervisor.register(worker)
+            _ = try await handle.waitForReady()
+            emit("forked \(await supervisor.isForked(handle))")
+            await handle.terminate()
+            _ = try await handle.waitForShutdown()
+        }
+        sink.finish()
     }
 
     static func fail(_ what: String) -> Never {
@@ -389,4 +430,20 @@ extension WorkerSupervisor.Configuration {
 func emit(_ line: String) {
     let bytes = Array((line + "\n").utf8)
     _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+}
+
+/// Passes every log message to a stream, for a fixture that waits for one.
+struct StreamingLogHandler: LogHandler {
+    let sink: AsyncStream<String>.Continuation
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { self.metadata[key] }
+        set { self.metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        self.sink.yield(event.message.description)
+    }
 }
