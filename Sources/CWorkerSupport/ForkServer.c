@@ -283,14 +283,18 @@ static int strings_are_complete(const char *strings, uint32_t length, uint32_t c
     return 1;
 }
 
-/// Receives one request and the descriptors sent with it (close-on-exec until a worker's dup2 puts them in place).
-/// Returns recvmsg's result.
-static ssize_t receive_request(int sock, char *buffer, int *fds, int *fd_count, int *flags) {
+/// Receives one message of up to `length` bytes into `buffer` with `extra_flags` (MSG_DONTWAIT), and the
+/// descriptors sent with it, close-on-exec: up to `capacity` into `fds`, the rest closed. `*flags` gets the
+/// message's flags (MSG_TRUNC, MSG_CTRUNC: descriptors dropped, this process's table being full, or too many).
+/// Returns recvmsg's result (EINTR retried). Used on both sides: by the server and spares for requests, by the
+/// supervisor for replies.
+static ssize_t receive_message(int sock, void *buffer, size_t length, int extra_flags, int *fds, int capacity,
+                               int *fd_count, int *flags) {
     union {
         char buffer[CMSG_SPACE(sizeof(int) * CWS_FORK_SERVER_MAX_FDS)];
         struct cmsghdr align;
     } control;
-    struct iovec vector = {buffer, CWS_FORK_MAX_MESSAGE};
+    struct iovec vector = {buffer, length};
     struct msghdr message = {0};
     message.msg_iov = &vector;
     message.msg_iovlen = 1;
@@ -298,7 +302,7 @@ static ssize_t receive_request(int sock, char *buffer, int *fds, int *fd_count, 
     message.msg_controllen = sizeof control.buffer;
     ssize_t received;
     do {
-        received = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
+        received = recvmsg(sock, &message, MSG_CMSG_CLOEXEC | extra_flags);
     } while (received < 0 && errno == EINTR);
     *fd_count = 0;
     *flags = received > 0 ? message.msg_flags : 0;
@@ -309,7 +313,7 @@ static ssize_t receive_request(int sock, char *buffer, int *fds, int *fd_count, 
         for (int i = 0; i < n; i++) {
             int fd;
             memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(int));
-            if (*fd_count < CWS_FORK_SERVER_MAX_FDS) {
+            if (*fd_count < capacity) {
                 fds[(*fd_count)++] = fd;
             } else {
                 close(fd);
@@ -318,6 +322,11 @@ static ssize_t receive_request(int sock, char *buffer, int *fds, int *fd_count, 
         }
     }
     return received;
+}
+
+/// Receives one request and the descriptors sent with it (close-on-exec until a worker's dup2 puts them in place).
+static ssize_t receive_request(int sock, char *buffer, int *fds, int *fd_count, int *flags) {
+    return receive_message(sock, buffer, CWS_FORK_MAX_MESSAGE, 0, fds, CWS_FORK_SERVER_MAX_FDS, fd_count, flags);
 }
 
 /// What is wrong with a request of `kind` received in `received` bytes with `fd_count` descriptors: EPROTO for a
@@ -481,42 +490,17 @@ static int read_reply(int sock, int timeout_ms, struct cws_fork_reply *reply, in
         if (ready == 0) return ETIMEDOUT;
         break;
     }
-    union {
-        char buffer[CMSG_SPACE(sizeof(int) * 4)];
-        struct cmsghdr align;
-    } control;
-    struct iovec vector = {reply, sizeof *reply};
-    struct msghdr message = {0};
-    message.msg_iov = &vector;
-    message.msg_iovlen = 1;
-    message.msg_control = control.buffer;
-    message.msg_controllen = sizeof control.buffer;
-    ssize_t received;
-    do {
-        received = recvmsg(sock, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-    } while (received < 0 && errno == EINTR);
+    int count = 0;
+    int flags = 0;
+    ssize_t received = receive_message(sock, reply, sizeof *reply, MSG_DONTWAIT, passed, 2, &count, &flags);
     if (received < 0 && errno == EAGAIN) return ETIMEDOUT;  // read by someone else first
     if (received < 0) return errno == ECONNRESET ? EPIPE : errno;
     if (received == 0) return EPIPE;
-    int count = 0;
-    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
-        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
-        int n = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (int i = 0; i < n; i++) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(int));
-            if (count < 2) {
-                passed[count++] = fd;
-            } else {
-                close(fd);
-            }
-        }
-    }
     int problem = 0;
     if ((size_t)received != sizeof *reply || reply->magic != CWS_FORK_MAGIC || reply->version != CWS_FORK_VERSION) {
         // A server built from another version of this file: its magic is right, its version not.
         problem = (size_t)received >= 2 * sizeof(uint32_t) && reply->magic == CWS_FORK_MAGIC ? EPROTONOSUPPORT : EPROTO;
-    } else if (message.msg_flags & MSG_CTRUNC) {
+    } else if (flags & MSG_CTRUNC) {
         // The descriptors passed did not all fit: this process's table is full (the kernel dropped the rest).
         problem = EMFILE;
     }

@@ -24,6 +24,17 @@ extension SupervisorTests {
             }
         }
 
+        /// Expects the supervisor's built-in fork server to be given up, for a reason that contains `reason`.
+        static func expectGivenUp(_ supervisor: WorkerSupervisor, because reason: String) async {
+            #expect(await supervisor.waitForForkServer() == false)
+            let state = await supervisor.forkServer?.state
+            guard case .disabled(let given)? = state else {
+                Issue.record("the fork server is \(String(describing: state))")
+                return
+            }
+            #expect(given.contains(reason), "\(given)")
+        }
+
         /// What a worker's process was given (swift-worker's `process-state`), as it reports it.
         static func processState(forking: Bool) async throws -> (state: String, supervisor: Int32) {
             var state = ""
@@ -242,13 +253,7 @@ extension SupervisorTests {
                 configuration.builtinExecutable = "/bin/true"
                 configuration.forkServer = true
             }) { supervisor in
-                #expect(await supervisor.waitForForkServer() == false)
-                let state = await supervisor.forkServer?.state
-                guard case .disabled(let reason)? = state else {
-                    Issue.record("the fork server is \(String(describing: state))")
-                    return
-                }
-                #expect(reason.contains("'/bin/true' ended (exited with code 0) before it said hello"), "\(reason)")
+                await Self.expectGivenUp(supervisor, because: "'/bin/true' ended (exited with code 0) before it said hello")
                 // A built-in of /bin/true: exec'd, runs its own main (exits 0 without handing over).
                 var worker = BackgroundWorker(name: "not-handed-over", entryPoint: .builtin("anything"))
                 worker.restartInterval = .seconds(1)
@@ -267,21 +272,15 @@ extension SupervisorTests {
             // before the fix: waitForForkServer() never returned (the hello deadline was cancelled on the first
             // reply, whatever it said).
             try await withTemporaryFolder { folder in
-            let script = folder + "/old-fork-server"
-            let hello = "BGWF\\001\\000\\000\\000" + String(repeating: "\\000", count: 24)
-            #expect(FileManagerLite.writeExecutable(script, "#!/bin/sh\nprintf '\(hello)' >&3\nexec sleep 30\n"))
-            try await withSupervisor(configure: { configuration in
-                configuration.builtinExecutable = script
-                configuration.forkServer = true
-            }) { supervisor in
-                #expect(await supervisor.waitForForkServer() == false)
-                let state = await supervisor.forkServer?.state
-                guard case .disabled(let reason)? = state else {
-                    Issue.record("the fork server is \(String(describing: state))")
-                    return
+                let script = folder + "/old-fork-server"
+                let hello = "BGWF\\001\\000\\000\\000" + String(repeating: "\\000", count: 24)
+                #expect(FileManagerLite.writeExecutable(script, "#!/bin/sh\nprintf '\(hello)' >&3\nexec sleep 30\n"))
+                try await withSupervisor(configure: { configuration in
+                    configuration.builtinExecutable = script
+                    configuration.forkServer = true
+                }) { supervisor in
+                    await Self.expectGivenUp(supervisor, because: "speaks another version of the fork server's protocol")
                 }
-                #expect(reason.contains("speaks another version of the fork server's protocol"), "\(reason)")
-            }
             }
         }
 

@@ -47,6 +47,15 @@ struct FixtureSupervisor {
         }
     }
 
+    /// A registration of this binary's built-in "echo" (ready only with main argument 9), never restarted.
+    static func echoWorker(_ name: String) -> BackgroundWorker {
+        var worker = BackgroundWorker(name: name, entryPoint: .builtin("echo"))
+        worker.mainArgument = 9
+        worker.reportsReadiness = true
+        worker.restartInterval = .never
+        return worker
+    }
+
     static func runBuiltins() async {
         await BuiltinWorkers.runIfRequested([
             "done": { _ in },  // exits 0 at once: the built-in /bin/true
@@ -163,11 +172,7 @@ struct FixtureSupervisor {
             let ready = await supervisor.waitForForkServer()
             let second = await supervisor.forkServerPID
             emit("after: ready \(ready), a new server \(second != nil && second != first)")
-            var worker = BackgroundWorker(name: "echo", entryPoint: .builtin("echo"))
-            worker.mainArgument = 9
-            worker.reportsReadiness = true
-            worker.restartInterval = .never
-            let handle = try await supervisor.register(worker)
+            let handle = try await supervisor.register(Self.echoWorker("echo"))
             _ = try await handle.waitForReady()
             emit("forked \(await supervisor.isForked(handle))")
             await handle.terminate()
@@ -217,18 +222,14 @@ extension FixtureSupervisor {
             if supervisor.configuration.forkServer {
                 emit("fork server ready \(await supervisor.waitForForkServer()) pid \(await supervisor.forkServerPID ?? 0)")
             }
-            var worker = BackgroundWorker(name: "echo-builtin", entryPoint: .builtin("echo"))
-            worker.mainArgument = 9
-            worker.reportsReadiness = true
-            worker.restartInterval = .never
-            let handle = try await supervisor.register(worker)
+            let handle = try await supervisor.register(Self.echoWorker("echo-builtin"))
             let pid = try await handle.waitForReady()
             emit("builtin ready \(pid)")
             if supervisor.configuration.forkServer { emit("forked \(await supervisor.isForked(handle))") }
             await handle.terminate()
             _ = try await handle.waitForShutdown()
             emit("\(await handle.detail)")
-            var unknown = worker
+            var unknown = Self.echoWorker("echo-builtin")
             unknown.entryPoint = .builtin("no-such-builtin")
             let missing = try await supervisor.register(unknown)
             _ = try await missing.waitForShutdown()
