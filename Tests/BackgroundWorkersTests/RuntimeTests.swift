@@ -339,6 +339,10 @@ extension SupervisorTests {
             // The supervisor looks up library names and bgworker-host beside its own executable: this test
             // binary, built beside both. Forked: by a fork server of bgworker-host, which loaded the library.
             try await Self.withRuntimeSupervisor(start) { supervisor in
+                if start == .forkServer, let server = await supervisor.libraryForkServerPID {
+                    // No spare made ahead of the first library worker (it would lack the library).
+                    #expect(processes(inGroup: server) == [server])
+                }
                 var worker = BackgroundWorker(name: "library", entryPoint: .library("libExampleLibraryWorker.so", function: "library_worker_main"))
                 worker.mainArgument = 77
                 worker.extra = Array("lib".utf8)

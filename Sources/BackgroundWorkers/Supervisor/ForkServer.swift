@@ -62,6 +62,9 @@ final class ForkServer: @unchecked Sendable {
     private let strategy: UVSpawnStrategy
     /// The binary the server runs.
     let executable: String
+    /// Whether its workers are library workers (`bgworker-host`): each needs a spare made after its library was
+    /// loaded, so none is made ahead of the first.
+    let servesLibraries: Bool
     private(set) var state: State = .stopped
     private var socket: Int32 = -1
     private var process: UVChildProcess?
@@ -114,6 +117,7 @@ final class ForkServer: @unchecked Sendable {
         environment: UVEnvironment,
         strategy: UVSpawnStrategy,
         executable: String,
+        servesLibraries: Bool,
         onStateChange: @escaping (State) -> Void,
         onServerProcess: @escaping (_ pid: Int32, _ running: Bool) -> Void,
         onOrphans: @escaping ([(pid: Int32, pidfd: Int32)]) -> Void
@@ -123,6 +127,7 @@ final class ForkServer: @unchecked Sendable {
         self.environment = environment
         self.strategy = strategy
         self.executable = executable
+        self.servesLibraries = servesLibraries
         self.onStateChange = onStateChange
         self.onServerProcess = onServerProcess
         self.onOrphans = onOrphans
@@ -293,6 +298,9 @@ final class ForkServer: @unchecked Sendable {
             if let failure = self.requestSpare(preloading: library) { return .failure(failure) }
         }
         let required = library.flatMap { self.preloads[$0] } ?? 0
+        // Spares made before its library was loaded will not do for this one: ended rather than left idle.
+        for stale in self.spares where stale.request < required { self.discard(stale) }
+        self.spares.removeAll { $0.request < required }
         let deadline = ContinuousClock.now + .milliseconds(Int(Self.requestTimeoutMilliseconds))
         while true {
             if let index = self.spares.firstIndex(where: { $0.request >= required }) { return .success(index) }
@@ -514,7 +522,7 @@ final class ForkServer: @unchecked Sendable {
         case 0:
             self.retryPause = .seconds(1)
             self.set(.ready(pid: pid))
-            self.requestSpareIfNone()
+            if !self.servesLibraries { self.requestSpareIfNone() }
         case EDEADLK:
             self.disable("it has \(threads) threads at start; forking is safe only with one")
         default:

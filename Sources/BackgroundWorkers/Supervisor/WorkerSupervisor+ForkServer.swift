@@ -12,13 +12,14 @@ extension WorkerSupervisor {
     /// Starts the fork servers: one of the built-ins' binary, and one of `bgworker-host` for library workers when
     /// it is there. Their process groups are held by the guardian.
     func startForkServer() {
-        func server(_ executable: String) -> ForkServer {
+        func server(_ executable: String, servesLibraries: Bool) -> ForkServer {
             ForkServer(
                 loop: self.loop,
                 logger: self.logger,
                 environment: self.baseEnvironment,
                 strategy: self.configuration.spawnStrategy,
                 executable: executable,
+                servesLibraries: servesLibraries,
                 onStateChange: { [unowned self] state in
                     self.assumeIsolated { supervisor in
                         if case .ready(let pid) = state {
@@ -36,12 +37,12 @@ extension WorkerSupervisor {
                 }
             )
         }
-        let builtins = server(self.configuration.builtinExecutable ?? "/proc/self/exe")
+        let builtins = server(self.configuration.builtinExecutable ?? "/proc/self/exe", servesLibraries: false)
         self.forkServer = builtins
         builtins.start()
         let host = self.configuration.hostExecutable ?? Self.executableDirectory + "/bgworker-host"
         if Self.executableProblem(host) == nil {
-            let libraries = server(host)
+            let libraries = server(host, servesLibraries: true)
             self.libraryForkServer = libraries
             libraries.start()
         }
