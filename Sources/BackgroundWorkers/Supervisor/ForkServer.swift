@@ -237,7 +237,7 @@ final class ForkServer: @unchecked Sendable {
     }
 
     /// Starts a worker with `options`' arguments, environment and descriptors (its executable is this binary) in a
-    /// spare. Returns the worker, watched on the loop, or nil with the reason when exec must be used instead.
+    /// spare. Returns the worker, watched on the loop, or why exec must be used instead.
     func fork(
         _ options: UVSpawnOptions,
         preloading library: String? = nil,
@@ -277,9 +277,6 @@ final class ForkServer: @unchecked Sendable {
         }
         return .failure(ForkServerRefusal("the fork server's spares ended before they were used"))
     }
-
-    /// The pid of the spare that the next start uses, if one is there (for tests).
-    var sparePID: Int32? { self.spares.first?.pid }
 
     /// A spare that has `library` loaded (when not nil), taken from the spares.
     private func takeSpare(preloading library: String?) -> Result<Spare, ForkServerRefusal> {
