@@ -69,6 +69,41 @@ extension SupervisorTests {
             #expect(execd.state.contains("BGW_NAME") && !execd.state.contains("bgworker-fork-server"), "\(execd.state)")
         }
 
+        @Test("built-in workers registered before run() are forked too: the fork server is started and greeted first")
+        func staticWorkersForked() async throws {
+            // Seen before: run() started the server and the static workers at once, so every static worker's
+            // first start was exec'd (the server was still starting).
+            var configuration = WorkerSupervisor.Configuration.testing(.automatic)
+            RuntimeTests.configure(&configuration, .forkServer)
+            let supervisor = try WorkerSupervisor(configuration: configuration)
+            var worker = BackgroundWorker(name: "static", entryPoint: .builtin("serve"))
+            worker.reportsReadiness = true
+            worker.restartInterval = .never
+            let handle = try await supervisor.register(worker)
+            let running = Task { try await supervisor.run() }
+            _ = try await handle.waitForReady()
+            #expect(await supervisor.isForked(handle))
+            #expect(await supervisor.forkServedStarts == (forked: 1, execd: 0))
+            await supervisor.shutdown(.fast)
+            try await running.value
+        }
+
+        @Test("withWorkerSupervisor's body starts with the fork server ready: its first built-in is forked")
+        func scopedSupervisorForksAtOnce() async throws {
+            var configuration = WorkerSupervisor.Configuration.testing(.automatic)
+            RuntimeTests.configure(&configuration, .forkServer)
+            try await withWorkerSupervisor(configuration: configuration) { supervisor in
+                var worker = BackgroundWorker(name: "first", entryPoint: .builtin("serve"))
+                worker.reportsReadiness = true
+                worker.restartInterval = .never
+                let handle = try await supervisor.register(worker)  // no waitForForkServer() first
+                _ = try await handle.waitForReady()
+                #expect(await supervisor.isForked(handle))
+                await handle.terminate()
+                _ = try await handle.waitForShutdown()
+            }
+        }
+
         @Test("a forked worker's command line, as ps shows it, is its own, also when longer than the server's")
         func commandLine() async throws {
             // Short names fit in the server's own argument strings (NUL-separated, as an exec lays them out:

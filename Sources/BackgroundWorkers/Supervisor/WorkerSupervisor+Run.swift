@@ -15,6 +15,7 @@ extension WorkerSupervisor: Service {
     /// - Throws: ``SupervisorError`` with ``SupervisorError/Code/alreadyRunning`` when called twice, or
     ///   ``SupervisorError/Code/startupFailed`` when the startup step threw (the workers were stopped first).
     public nonisolated func run() async throws {
+        await self.startForkServersFirst()
         guard try await self.begin() else {
             // Shut down before it ran: nothing to run, but the loop still stops here.
             try? await self.loop.shutdown()
@@ -29,8 +30,8 @@ extension WorkerSupervisor: Service {
     func begin() throws(SupervisorError) -> Bool {
         switch self.machine.mode {
         case .idle:
-            self.startGuardian()
-            if self.configuration.forkServer { self.startForkServer() }
+            if self.guardian == nil { self.startGuardian() }
+            if self.configuration.forkServer, self.forkServer == nil { self.startForkServer() }
             var actions: [SupervisorAction] = []
             self.machine.run(self.readings(), &actions)
             self.isServing = true
@@ -149,6 +150,16 @@ extension WorkerSupervisor: Service {
         self.wakeAllSlotWaiters()
     }
 
+    /// Before the first workers start (``Configuration/forkServer``): starts the guardian and the fork servers, and
+    /// waits for their hello (a few milliseconds; at most their hello timeout), so that workers registered before
+    /// `run()` are forked too, and so is the first one registered after. A shutdown meanwhile ends the wait.
+    func startForkServersFirst() async {
+        guard self.configuration.forkServer, self.machine.mode == .idle, self.forkServer == nil else { return }
+        if self.guardian == nil { self.startGuardian() }
+        self.startForkServer()
+        _ = await self.waitForForkServer()
+    }
+
     /// Starts the guardian that kills every worker's group if this process dies without a shutdown. A supervisor
     /// that cannot start one still runs, and says so.
     func startGuardian() {
@@ -225,6 +236,7 @@ public func withWorkerSupervisor<Result>(
     _ body: (WorkerSupervisor) async throws -> Result
 ) async throws -> Result {
     let supervisor = try WorkerSupervisor(configuration: configuration)
+    await supervisor.startForkServersFirst()
     try await supervisor.begin()
     return try await withThrowingTaskGroup(of: Void.self, returning: Result.self, isolation: isolation) { group in
         group.addTask { try await supervisor.serve() }
