@@ -297,8 +297,9 @@ extension SupervisorTests {
             // Forked: the fork servers, and their spares (in a server's process group until they become workers).
             let servers = lines.first { $0.hasPrefix("servers ") }?.split(separator: " ").dropFirst().compactMap { Int32($0) } ?? []
             #expect(servers.count == (start == .forkServer ? 2 : 0) && !servers.contains(0), "\(lines)")
+            // (The built-ins' server has a spare by now, all but certainly: asked for at the last start.)
             let serverGroups = servers.flatMap { processes(inGroup: $0) }
-            if start == .forkServer { #expect(serverGroups.count >= 3, "servers and spares: \(serverGroups)") }
+            if start == .forkServer { #expect(serverGroups.count >= 2, "servers and spares: \(serverGroups)") }
             #expect(try await loop.submit { try supervisor.signal(.kill) })
             #expect(try await supervisor.waitForExit() == .signaled(.kill))
             for pid in pids + serverGroups {
