@@ -196,10 +196,7 @@ let package = Package(
         // A supervisor process for tests that kill one (not a product).
         .executableTarget(
             name: "FixtureSupervisor",
-            dependencies: [
-                "BackgroundWorkers", "BackgroundWorkerRuntime", "CWorkerSupport", "UVConcurrency", "TestSupport",
-                .product(name: "Logging", package: "swift-log"),
-            ],
+            dependencies: ["BackgroundWorkers", "BackgroundWorkerRuntime", "CWorkerSupport", "UVConcurrency", "TestSupport"],
             path: "Tests/Fixtures/FixtureSupervisor",
             swiftSettings: swiftSettings
         ),
@@ -236,7 +233,7 @@ let package = Package(
         // Helpers shared by the test targets (reading a child's output, /proc checks, a collector).
         .target(
             name: "TestSupport",
-            dependencies: ["UVConcurrency", "CWorkerSupport"],
+            dependencies: ["UVConcurrency", "CWorkerSupport", .product(name: "Logging", package: "swift-log")],
             path: "Tests/TestSupport",
             swiftSettings: swiftSettings
         ),

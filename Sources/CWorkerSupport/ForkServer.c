@@ -113,26 +113,33 @@ static int count_threads(void) {
     return count;
 }
 
+// Room for the most descriptors any message of this protocol passes.
+union cws_fork_control {
+    char buffer[CMSG_SPACE(sizeof(int) * CWS_FORK_SERVER_MAX_FDS)];
+    struct cmsghdr align;
+};
+
+/// Passes `count` descriptors with `message` (one SCM_RIGHTS header in `control`); none when `count` is 0.
+static void attach_descriptors(struct msghdr *message, union cws_fork_control *control, const int *fds, int count) {
+    if (count <= 0) return;
+    memset(control, 0, sizeof *control);
+    message->msg_control = control->buffer;
+    message->msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)count);
+    struct cmsghdr *header = CMSG_FIRSTHDR(message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)count);
+    memcpy(CMSG_DATA(header), fds, sizeof(int) * (size_t)count);
+}
+
 static int send_reply(int sock, uint64_t id, int32_t pid, int32_t error, const int *passed, int passed_count, int threads) {
     struct cws_fork_reply reply = {CWS_FORK_MAGIC, CWS_FORK_VERSION, id, pid, error, threads};
     struct iovec vector = {&reply, sizeof reply};
-    union {
-        char buffer[CMSG_SPACE(sizeof(int) * 2)];
-        struct cmsghdr align;
-    } control;
+    union cws_fork_control control;
     struct msghdr message = {0};
     message.msg_iov = &vector;
     message.msg_iovlen = 1;
-    if (passed_count > 0) {
-        memset(&control, 0, sizeof control);
-        message.msg_control = control.buffer;
-        message.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)passed_count);
-        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
-        header->cmsg_level = SOL_SOCKET;
-        header->cmsg_type = SCM_RIGHTS;
-        header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)passed_count);
-        memcpy(CMSG_DATA(header), passed, sizeof(int) * (size_t)passed_count);
-    }
+    attach_descriptors(&message, &control, passed, passed_count);
     for (;;) {
         if (sendmsg(sock, &message, MSG_NOSIGNAL) >= 0) return 0;
         if (errno != EINTR) return errno;
@@ -290,10 +297,7 @@ static int strings_are_complete(const char *strings, uint32_t length, uint32_t c
 /// supervisor for replies.
 static ssize_t receive_message(int sock, void *buffer, size_t length, int extra_flags, int *fds, int capacity,
                                int *fd_count, int *flags) {
-    union {
-        char buffer[CMSG_SPACE(sizeof(int) * CWS_FORK_SERVER_MAX_FDS)];
-        struct cmsghdr align;
-    } control;
+    union cws_fork_control control;
     struct iovec vector = {buffer, length};
     struct msghdr message = {0};
     message.msg_iov = &vector;
@@ -423,8 +427,9 @@ static int serve(int sock) {
             }
         }
         int pair[2];
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
-            send_reply(sock, id, -1, errno, NULL, 0, threads);
+        int pair_error = cws_fork_server_socketpair(pair);
+        if (pair_error != 0) {
+            send_reply(sock, id, -1, pair_error, NULL, 0, threads);
             continue;
         }
 
@@ -574,24 +579,12 @@ static int send_request(int sock, uint32_t kind, uint64_t id, char *const argv[]
         cursor += n;
     }
     if (preload != NULL) memcpy(cursor, preload, strlen(preload) + 1);
-    union {
-        char buffer[CMSG_SPACE(sizeof(int) * CWS_FORK_SERVER_MAX_FDS)];
-        struct cmsghdr align;
-    } control;
-    memset(&control, 0, sizeof control);
+    union cws_fork_control control;
     struct iovec vector = {message_buffer, sizeof request + length};
     struct msghdr message = {0};
     message.msg_iov = &vector;
     message.msg_iovlen = 1;
-    if (fd_count > 0) {
-        message.msg_control = control.buffer;
-        message.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)fd_count);
-        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
-        header->cmsg_level = SOL_SOCKET;
-        header->cmsg_type = SCM_RIGHTS;
-        header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)fd_count);
-        memcpy(CMSG_DATA(header), parent_fds, sizeof(int) * (size_t)fd_count);
-    }
+    attach_descriptors(&message, &control, parent_fds, fd_count);
     ssize_t sent;
     do {
         sent = sendmsg(sock, &message, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -615,35 +608,27 @@ int cws_fork_server_read_spare(int sock, int timeout_ms, uint64_t *id_out, pid_t
     struct cws_fork_reply reply;
     int passed[2];
     int err = read_reply(sock, timeout_ms, &reply, passed);
-    if (err == EMFILE && reply.id != 0 && reply.pid > 0) {
-        // Made, but its descriptors were lost on the way in: it cannot be used or watched. Stopped at once (the
-        // caller reaps it); no fault of the server's.
-        kill(reply.pid, SIGKILL);
-        *id_out = reply.id;
-        *pid_out = reply.pid;
-        return EMFILE;
-    }
-    if (err != 0) return err;
+    if (err != 0 && err != EMFILE) return err;  // EMFILE: read, but its descriptors were lost on the way in
     *id_out = reply.id;
     *threads_out = reply.threads;
-    if (reply.id == 0 || reply.error != 0 || reply.pid <= 0 || passed[0] < 0 || passed[1] < 0) {
-        if (passed[0] >= 0) {
-            syscall(SYS_pidfd_send_signal, passed[0], SIGKILL, NULL, 0);
-            close(passed[0]);
-        }
-        if (passed[1] >= 0) close(passed[1]);
-        if (reply.id == 0 || reply.error != 0) return reply.id == 0 ? EPROTO : reply.error;
-        // A spare without its pidfd or socket cannot be used or watched: stopped at once (the caller reaps it).
-        if (reply.pid > 0) {
-            kill(reply.pid, SIGKILL);
-            *pid_out = reply.pid;
-        }
-        return EPROTO;
+    if (err == 0 && reply.id != 0 && reply.error == 0 && reply.pid > 0 && passed[0] >= 0 && passed[1] >= 0) {
+        *pid_out = reply.pid;
+        *pidfd_out = passed[0];
+        *spare_socket_out = passed[1];
+        return 0;
     }
-    *pid_out = reply.pid;
-    *pidfd_out = passed[0];
-    *spare_socket_out = passed[1];
-    return 0;
+    for (int i = 0; i < 2; i++) {
+        if (passed[i] >= 0) close(passed[i]);
+    }
+    if (reply.id == 0) return EPROTO;  // a second hello
+    if (reply.error != 0) return reply.error;
+    // A spare without its pidfd or socket (EMFILE: no fault of the server's) cannot be used or watched: stopped at
+    // once (it is this process's unreaped child, so its pid is its own; the caller reaps it).
+    if (reply.pid > 0) {
+        kill(reply.pid, SIGKILL);
+        *pid_out = reply.pid;
+    }
+    return err != 0 ? err : EPROTO;
 }
 
 int cws_fork_server_send_worker(int spare_socket, uint64_t id, char *const argv[], char *const envp[], int new_session,
@@ -662,11 +647,7 @@ int cws_fork_server_drain(int sock, int timeout_ms, pid_t *pids, int *pidfds, in
         if (err != 0 && err != EMFILE) return count;
         if (passed[1] >= 0) close(passed[1]);
         if (reply.pid > 0 && reply.id != 0) {
-            if (passed[0] >= 0) {
-                syscall(SYS_pidfd_send_signal, passed[0], SIGKILL, NULL, 0);
-            } else {
-                kill(reply.pid, SIGKILL);  // its pidfd was lost (EMFILE); it is still this process's, unreaped
-            }
+            kill(reply.pid, SIGKILL);  // this process's unreaped child: its pid is its own
             if (count < capacity) {
                 pids[count] = reply.pid;
                 pidfds[count] = passed[0];

@@ -1,6 +1,7 @@
 import BackgroundWorkers
 import BackgroundWorkersPostgres
 import Logging
+import TestSupport
 import Testing
 import UVConcurrency
 

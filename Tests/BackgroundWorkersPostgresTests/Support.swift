@@ -47,35 +47,3 @@ func eventually(within seconds: Int = 20, _ condition: () throws -> Bool) async 
     return try condition()
 }
 
-/// Collects log messages and lets a test await one.
-final class LogCollector: Sendable {
-    private let messages = LineCollector()
-
-    var logger: Logger {
-        Logger(label: "collector") { _ in CollectingHandler(collector: self) }
-    }
-
-    func add(_ message: String) {
-        self.messages.add(message)
-    }
-
-    /// Returns true once `count` messages containing `text` were logged, false if the task was cancelled first
-    /// (a test's time limit cancels it).
-    @discardableResult
-    func waitFor(_ text: String, count: Int = 1) async -> Bool {
-        await self.messages.waitFor(text, count: count)
-    }
-}
-
-struct CollectingHandler: LogHandler {
-    let collector: LogCollector
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .debug
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { self.metadata[key] }
-        set { self.metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        self.collector.add("\(event.message)")
-    }
-}

@@ -76,9 +76,7 @@ extension SupervisorTests {
             var configuration = WorkerSupervisor.Configuration.testing(.automatic)
             RuntimeTests.configure(&configuration, .forkServer)
             let supervisor = try WorkerSupervisor(configuration: configuration)
-            var worker = BackgroundWorker(name: "static", entryPoint: .builtin("serve"))
-            worker.reportsReadiness = true
-            worker.restartInterval = .never
+            let worker = RuntimeTests.swiftWorker("static", "serve", .forkServer)
             let handle = try await supervisor.register(worker)
             let running = Task { try await supervisor.run() }
             _ = try await handle.waitForReady()
@@ -93,9 +91,7 @@ extension SupervisorTests {
             var configuration = WorkerSupervisor.Configuration.testing(.automatic)
             RuntimeTests.configure(&configuration, .forkServer)
             try await withWorkerSupervisor(configuration: configuration) { supervisor in
-                var worker = BackgroundWorker(name: "first", entryPoint: .builtin("serve"))
-                worker.reportsReadiness = true
-                worker.restartInterval = .never
+                let worker = RuntimeTests.swiftWorker("first", "serve", .forkServer)
                 let handle = try await supervisor.register(worker)  // no waitForForkServer() first
                 _ = try await handle.waitForReady()
                 #expect(await supervisor.isForked(handle))
@@ -196,9 +192,7 @@ extension SupervisorTests {
             // holds its pid; a SIGTERM to its group that comes before that finds no group. Seen lost: the worker
             // ran on until the grace period's SIGKILL, 10 s later.
             try await Self.withBuiltinSupervisor(forking: true) { supervisor in
-                var worker = BackgroundWorker(name: "brief", entryPoint: .builtin("serve"))
-                worker.reportsReadiness = true
-                worker.restartInterval = .never
+                let worker = RuntimeTests.swiftWorker("brief", "serve", .forkServer)
                 for _ in 0..<200 {
                     let handle = try await supervisor.register(worker)
                     #expect(await supervisor.isForked(handle))
@@ -228,9 +222,7 @@ extension SupervisorTests {
                 var info = siginfo_t()
                 let waited = waitid(P_PID, id_t(spare), &info, WEXITED | WNOWAIT)
                 #expect(waited == 0 || errno == ECHILD)
-                var worker = BackgroundWorker(name: "after-the-spare", entryPoint: .builtin("serve"))
-                worker.reportsReadiness = true
-                worker.restartInterval = .never
+                let worker = RuntimeTests.swiftWorker("after-the-spare", "serve", .forkServer)
                 let handle = try await supervisor.register(worker)
                 let pid = try await handle.waitForReady()
                 #expect(pid != spare)

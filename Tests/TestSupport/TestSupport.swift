@@ -1,4 +1,5 @@
 import CWorkerSupport
+import Logging
 import Synchronization
 import UVConcurrency
 
@@ -8,37 +9,26 @@ import Glibc
 
 // Helpers shared by the test targets that spawn real processes.
 
-/// Reads `/proc/<pid>/stat`: the process state letter and parent pid, or nil when no such process exists.
-public func procStat(_ pid: pid_t) -> (state: Character, parent: pid_t)? {
+/// Reads `/proc/<pid>/stat`: the process state letter, parent pid and process group, or nil when no such process
+/// exists.
+public func procStat(_ pid: pid_t) -> (state: Character, parent: pid_t, group: pid_t)? {
     guard let file = fopen("/proc/\(pid)/stat", "re") else { return nil }
     defer { fclose(file) }
     var buffer = [CChar](repeating: 0, count: 1024)
     guard fgets(&buffer, Int32(buffer.count), file) != nil else { return nil }
     let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    // "pid (comm) S ppid ...": comm may contain spaces and parentheses, so split after the last ')'.
+    // "pid (comm) S ppid pgrp ...": comm may contain spaces and parentheses, so split after the last ')'.
     guard let close = line.lastIndex(of: ")") else { return nil }
     let fields = line[line.index(after: close)...].split(separator: " ")
-    guard fields.count >= 2, let state = fields[0].first, let parent = pid_t(fields[1]) else { return nil }
-    return (state, parent)
+    guard fields.count >= 3, let state = fields[0].first, let parent = pid_t(fields[1]), let group = pid_t(fields[2]) else {
+        return nil
+    }
+    return (state, parent, group)
 }
 
-/// The processes whose process group is `group`, read from `/proc` (the fifth field of each `stat`).
+/// The processes whose process group is `group`, read from `/proc`.
 public func processes(inGroup group: pid_t) -> [pid_t] {
-    guard let directory = opendir("/proc") else { return [] }
-    defer { closedir(directory) }
-    var members: [pid_t] = []
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-        guard let pid = pid_t(name), let file = fopen("/proc/\(pid)/stat", "re") else { continue }
-        defer { fclose(file) }
-        var buffer = [CChar](repeating: 0, count: 1024)
-        guard fgets(&buffer, Int32(buffer.count), file) != nil else { continue }
-        let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard let close = line.lastIndex(of: ")") else { continue }
-        let fields = line[line.index(after: close)...].split(separator: " ")  // state, ppid, pgrp, ...
-        if fields.count >= 3, pid_t(fields[2]) == group { members.append(pid) }
-    }
-    return members
+    (directoryEntries("/proc") ?? []).compactMap { pid_t($0) }.filter { procStat($0)?.group == group }
 }
 
 /// The zombie children of this process, read from `/proc`.
@@ -146,13 +136,19 @@ public func threads(of pid: pid_t) -> Int {
 
 /// The entries of a folder, without "." and ".."; -1 when it cannot be read.
 private func entryCount(_ path: String) -> Int {
-    guard let directory = opendir(path) else { return -1 }
+    directoryEntries(path)?.count ?? -1
+}
+
+/// The names in a folder, without "." and ".."; nil when it cannot be read.
+public func directoryEntries(_ path: String) -> [String]? {
+    guard let directory = opendir(path) else { return nil }
     defer { closedir(directory) }
-    var count = 0
+    var names: [String] = []
     while let entry = readdir(directory) {
-        if entry.pointee.d_name.0 != 0x2e { count += 1 }  // not "." or ".."
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+        if name != "." && name != ".." { names.append(name) }
     }
-    return count
+    return names
 }
 
 /// A process's resident memory in KiB (this process's by default), from /proc/PID/statm (its second field, in
@@ -226,13 +222,7 @@ public func withTemporaryFolder<Result>(_ body: (String) async throws -> Result)
     var template = Array("/tmp/bgw-XXXXXX".utf8CString)
     let folder = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
     defer {
-        if let directory = opendir(folder) {
-            while let entry = readdir(directory) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-                if name != "." && name != ".." { unlink("\(folder)/\(name)") }
-            }
-            closedir(directory)
-        }
+        for name in directoryEntries(folder) ?? [] { unlink("\(folder)/\(name)") }
         rmdir(folder)
     }
     return try await body(folder)
@@ -435,5 +425,46 @@ public final class LineCollector: Sendable {
             }
             waiter?.continuation.resume(returning: false)
         }
+    }
+}
+
+/// Collects log messages and lets a test await one.
+public final class LogCollector: Sendable {
+    private let messages = LineCollector()
+
+    public init() {}
+
+    /// A logger whose messages (debug and above) this collects.
+    public var logger: Logger {
+        Logger(label: "collector") { _ in CollectingHandler(collector: self) }
+    }
+
+    /// Every message so far.
+    public var lines: [String] { self.messages.lines }
+
+    /// Adds a message.
+    public func add(_ message: String) {
+        self.messages.add(message)
+    }
+
+    /// Returns true once `count` messages containing `text` were logged, false if the task was cancelled first
+    /// (a test's time limit cancels it).
+    @discardableResult
+    public func waitFor(_ text: String, count: Int = 1) async -> Bool {
+        await self.messages.waitFor(text, count: count)
+    }
+}
+
+/// The log handler behind ``LogCollector/logger``.
+struct CollectingHandler: LogHandler {
+    let collector: LogCollector
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .debug
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { self.metadata[key] }
+        set { self.metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        self.collector.add("\(event.message)")
     }
 }

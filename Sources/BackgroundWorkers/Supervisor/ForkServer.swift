@@ -82,13 +82,9 @@ final class ForkServer: @unchecked Sendable {
     private var retryTimer: UVTimer?
     /// The pause before the next such start: 1 s, doubling to 30 s, back to 1 s after a hello.
     private var retryPause: Duration = .seconds(1)
-    /// Called on every state change.
-    private let onStateChange: (State) -> Void
     /// Called with a server's pid when it was started, and again when it was reaped (the guardian holds its process
     /// group in between, and must forget it after: the number may then be any process's).
     private let onServerProcess: (_ pid: Int32, _ running: Bool) -> Void
-    /// Called with children a dead server made but never reported (SIGKILLed already): reap them.
-    private let onOrphans: ([(pid: Int32, pidfd: Int32)]) -> Void
     private var readyWaiters: [CheckedContinuation<State, Never>] = []
     private var changeWaiters: [CheckedContinuation<State, Never>] = []
 
@@ -118,9 +114,7 @@ final class ForkServer: @unchecked Sendable {
         strategy: UVSpawnStrategy,
         executable: String,
         servesLibraries: Bool,
-        onStateChange: @escaping (State) -> Void,
-        onServerProcess: @escaping (_ pid: Int32, _ running: Bool) -> Void,
-        onOrphans: @escaping ([(pid: Int32, pidfd: Int32)]) -> Void
+        onServerProcess: @escaping (_ pid: Int32, _ running: Bool) -> Void
     ) {
         self.loop = loop
         self.logger = logger
@@ -128,9 +122,7 @@ final class ForkServer: @unchecked Sendable {
         self.strategy = strategy
         self.executable = executable
         self.servesLibraries = servesLibraries
-        self.onStateChange = onStateChange
         self.onServerProcess = onServerProcess
-        self.onOrphans = onOrphans
     }
 
     /// The server's pid while it runs.
@@ -271,7 +263,7 @@ final class ForkServer: @unchecked Sendable {
                 let name = options.argumentZero ?? "worker"
                 return .success(try self.loop.adoptChild(pid: spare.pid, pidfd: spare.pidfd, name: name, detached: options.detached, onExit: onExit))
             } catch {
-                self.onOrphans([(spare.pid, spare.pidfd)])
+                self.end(spare.pid, pidfd: spare.pidfd)
                 return .failure(ForkServerRefusal("the forked worker cannot be watched: \(error)"))
             }
         }
@@ -352,7 +344,7 @@ final class ForkServer: @unchecked Sendable {
         if id != 0 { self.pendingSpares.remove(id) }
         guard status == 0 else {
             // A spare made but not usable (its descriptors lost) was sent SIGKILL: reaped here.
-            if pid > 0 { self.onOrphans([(pid, -1)]) }
+            if pid > 0 { self.end(pid, pidfd: -1) }
             let reason = String(cString: strerror(status))
             switch status {
             case EDEADLK:
@@ -389,18 +381,28 @@ final class ForkServer: @unchecked Sendable {
         self.discard(spare)
     }
 
-    /// Ends a spare that will not be used, and reaps it now: a spare waits in `recvmsg` and holds nothing, so it
-    /// ends at once on SIGKILL (its pid is still its own: it is not reaped yet).
+    /// Ends a spare that will not be used, and reaps it.
     private func discard(_ spare: Spare) {
         spare.watcher?.cancel()
         _ = cws_close(spare.socket)
-        Glibc.kill(spare.pid, SIGKILL)
-        while waitpid(spare.pid, nil, 0) < 0 && errno == EINTR {}
-        _ = cws_close(spare.pidfd)
+        self.end(spare.pid, pidfd: spare.pidfd)
     }
 
-    /// Ends every spare (the supervisor stops, or the server is given up).
-    private func discardSpares() {
+    /// Ends a process the server made for this one that will not be used (a spare, or one reported too late),
+    /// and reaps it now. It is this process's unreaped child, so its pid is still its own; it waits in `recvmsg`
+    /// or has only begun a worker's start, so it ends at once on SIGKILL.
+    private func end(_ pid: Int32, pidfd: Int32) {
+        Glibc.kill(pid, SIGKILL)
+        while waitpid(pid, nil, 0) < 0 && errno == EINTR {}
+        if pidfd >= 0 { _ = cws_close(pidfd) }
+    }
+
+    /// Lets go of everything for good (the supervisor stops, or the server is given up): the retry, the socket
+    /// (a running server exits when it closes), every spare.
+    private func release() {
+        self.retryTimer?.cancel()
+        self.retryTimer = nil
+        self.closeSocket()
         let spares = self.spares
         self.spares.removeAll()
         for spare in spares { self.discard(spare) }
@@ -408,10 +410,7 @@ final class ForkServer: @unchecked Sendable {
 
     /// Stops the server with the supervisor: it exits when its socket closes.
     func stop() {
-        self.retryTimer?.cancel()
-        self.retryTimer = nil
-        self.closeSocket()
-        self.discardSpares()
+        self.release()
         self.set(.stopped)
     }
 
@@ -419,7 +418,6 @@ final class ForkServer: @unchecked Sendable {
 
     private func set(_ state: State) {
         self.state = state
-        self.onStateChange(state)
         let changed = self.changeWaiters
         self.changeWaiters.removeAll()
         for waiter in changed { waiter.resume(returning: state) }
@@ -431,10 +429,7 @@ final class ForkServer: @unchecked Sendable {
 
     private func disable(_ reason: String) {
         self.logger.warning("not using the fork server: \(reason); built-in workers are exec'd")
-        self.retryTimer?.cancel()
-        self.retryTimer = nil
-        self.closeSocket()
-        self.discardSpares()
+        self.release()
         if let process = self.process, process.isRunning { _ = try? process.signal(.kill) }
         self.set(.disabled(reason))
     }
@@ -448,13 +443,13 @@ final class ForkServer: @unchecked Sendable {
         if case .ready(let pid) = self.state { self.set(.starting(pid: pid)) }
     }
 
-    /// Workers the server made after the supervisor stopped listening (a late reply): killed and reaped.
+    /// Spares the server made after the supervisor stopped listening (a late reply): killed and reaped.
     private func collectOrphans() {
         guard self.socket >= 0 else { return }
         var pids = [pid_t](repeating: 0, count: 64)
         var pidfds = [Int32](repeating: -1, count: 64)
         let count = Int(cws_fork_server_drain(self.socket, 100, &pids, &pidfds, 64))
-        if count > 0 { self.onOrphans((0..<count).map { (pids[$0], pidfds[$0]) }) }
+        for index in 0..<count { self.end(pids[index], pidfd: pidfds[index]) }
     }
 
     private func exited(_ status: UVExitStatus) {
@@ -518,6 +513,7 @@ final class ForkServer: @unchecked Sendable {
         switch error {
         case 0:
             self.retryPause = .seconds(1)
+            self.logger.debug("fork server ready", metadata: ["forkServer.pid": "\(pid)", "forkServer.executable": "\(self.executable)"])
             self.set(.ready(pid: pid))
             if !self.servesLibraries { self.requestSpareIfNone() }
         case EDEADLK:

@@ -20,20 +20,10 @@ extension WorkerSupervisor {
                 strategy: self.configuration.spawnStrategy,
                 executable: executable,
                 servesLibraries: servesLibraries,
-                onStateChange: { [unowned self] state in
-                    self.assumeIsolated { supervisor in
-                        if case .ready(let pid) = state {
-                            supervisor.logger.debug("fork server ready", metadata: ["forkServer.pid": "\(pid)", "forkServer.executable": "\(executable)"])
-                        }
-                    }
-                },
                 onServerProcess: { [unowned self] pid, running in
                     self.assumeIsolated { supervisor in
                         if running { supervisor.guardian?.hold(pid) } else { supervisor.guardian?.release(pid) }
                     }
-                },
-                onOrphans: { [unowned self] orphans in
-                    self.assumeIsolated { $0.reapOrphans(orphans) }
                 }
             )
         }
@@ -54,18 +44,6 @@ extension WorkerSupervisor {
         let waiters = self.forkServerWaiters
         self.forkServerWaiters.removeAll()
         for waiter in waiters { waiter.resume() }
-    }
-
-    /// Workers a failed fork server made but never reported: already sent SIGKILL, reaped here.
-    private func reapOrphans(_ orphans: [(pid: Int32, pidfd: Int32)]) {
-        for (pid, pidfd) in orphans {
-            kill(pid, SIGKILL)
-            if pidfd >= 0, (try? self.loop.adoptChild(pid: pid, pidfd: pidfd, name: "orphan of the fork server", detached: true)) != nil {
-                continue
-            }
-            if pidfd >= 0 { _ = cws_close(pidfd) }
-            while waitpid(pid, nil, 0) < 0 && errno == EINTR {}
-        }
     }
 
     /// Waits while the fork servers (``Configuration/forkServer``) are starting, or are to be started again after a

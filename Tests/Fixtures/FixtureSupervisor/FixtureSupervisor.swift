@@ -1,7 +1,6 @@
 import BackgroundWorkerRuntime
 import BackgroundWorkers
 import CWorkerSupport
-import Logging
 import TestSupport
 import UVConcurrency
 
@@ -152,23 +151,20 @@ struct FixtureSupervisor {
     /// The fork server killed while one descriptor is free, so that starting it again (a socket pair: two) fails:
     /// it is started again once descriptors are free, not given up. Prints what it saw.
     static func forkServerRestartFull() async throws {
-        let (messages, sink) = AsyncStream<String>.makeStream()
+        let log = LogCollector()
         var configuration = WorkerSupervisor.Configuration.fixture()
         configuration.forkServer = true  // this binary's built-ins
-        configuration.logger = Logger(label: "fixture") { _ in StreamingLogHandler(sink: sink) }
+        configuration.logger = log.logger
         try await withWorkerSupervisor(configuration: configuration) { supervisor in
             guard await supervisor.waitForForkServer(), let first = await supervisor.forkServerPID else { fail("no fork server") }
-            var iterator = messages.makeAsyncIterator()
+            // Until the supervisor has tried to start it again, and failed: the two messages naming the fork server
+            // after the kill are its exit, then how the start that follows went.
+            let before = log.lines.count { $0.contains("fork server") }
             await withOneFreeDescriptor {
                 kill(first, SIGKILL)
-                // Until the supervisor has tried to start it again, and failed.
-                while let message = await iterator.next() {
-                    if message.contains("cannot start the fork server") || message.contains("not using the fork server") {
-                        emit("while full: \(message)")
-                        break
-                    }
-                }
+                await log.waitFor("fork server", count: before + 2)
             }
+            emit("while full: \(log.lines.filter { $0.contains("fork server") }[before + 1])")
             let ready = await supervisor.waitForForkServer()
             let second = await supervisor.forkServerPID
             emit("after: ready \(ready), a new server \(second != nil && second != first)")
@@ -178,7 +174,6 @@ struct FixtureSupervisor {
             await handle.terminate()
             _ = try await handle.waitForShutdown()
         }
-        sink.finish()
     }
 
     static func fail(_ what: String) -> Never {
@@ -431,20 +426,4 @@ extension WorkerSupervisor.Configuration {
 func emit(_ line: String) {
     let bytes = Array((line + "\n").utf8)
     _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
-}
-
-/// Passes every log message to a stream, for a fixture that waits for one.
-struct StreamingLogHandler: LogHandler {
-    let sink: AsyncStream<String>.Continuation
-    var logLevel: Logger.Level = .trace
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { self.metadata[key] }
-        set { self.metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        self.sink.yield(event.message.description)
-    }
 }
